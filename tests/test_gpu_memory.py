@@ -1,0 +1,104 @@
+"""The live-storage tracker against CUDA's allocator on the real models (needs a GPU; skipped without).
+
+For each model and K in (1, 2, 4, 8), one warm training step (forward, MSE loss, backward, Adam step)
+on 128x128 deblurring, batch 4, width 32, is measured twice by `measure_step_memory`: under the
+tracker, then (next step) by `torch.cuda.max_memory_allocated`. The claim checked: the tracked peak
+grows with K at the same rate as the CUDA peak (least-squares slopes within 1 %), and the two differ
+by a constant offset of at most 32 MiB (cuDNN workspace, allocator rounding).
+
+K is the number of LU steps (`n_iters`), except for `deq`, which has none: there K is the number of
+hidden layers of its DnCNN (`reg_depth = K + 2`), the quantity its memory grows with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+MIB = 2**20
+KS = (1, 2, 4, 8)
+BATCH, IMAGE_SIZE, WIDTH = 4, 128, 32
+MAX_OFFSET_BYTES = 32 * MIB
+SLOPE_RTOL = 0.01
+
+# case -> (model name, config as a function of K)
+CASES: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
+    "lu": ("lu", lambda k: {"n_iters": k}),
+    "lu_ckpt": ("lu_ckpt", lambda k: {"n_iters": k}),
+    "luser_ift": ("luser", lambda k: {"n_iters": k, "backward": "ift"}),
+    "luser_jfb": ("luser", lambda k: {"n_iters": k, "backward": "jfb"}),
+    "deq": ("deq", lambda k: {"reg_depth": k + 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def deblur_batch() -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The deblurring task on CUDA, a batch of targets x (B, 1, H, W) and measurements y."""
+    from bench.tasks import build_task
+
+    task = build_task("deblur", image_size=IMAGE_SIZE, n_train=BATCH, n_test=1, device="cuda")
+    x = task.x_train[:BATCH]  # (B, 1, H, W)
+    y = task.measure(x, torch.Generator().manual_seed(1))  # (B, 1, H, W)
+    return task, x, y
+
+
+def _warm_step_memory(
+    model_name: str, cfg: dict[str, Any], task: Any, x: torch.Tensor, y: torch.Tensor
+) -> Any:
+    """MemoryReport of a warm training step (two warm-up steps first: cuDNN set-up, Adam state)."""
+    from bench.memory import measure_step_memory
+    from bench.train import train_step
+    from models import build_model
+
+    torch.cuda.empty_cache()  # every K starts from the same allocator state
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(model_name, task.operator, reg_width=WIDTH, **cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        train_step(model, task.operator, x, y, optimizer)
+
+    for _ in range(2):
+        step()
+    return measure_step_memory(step, device=x.device, measure_saved=False)
+
+
+def _slope(ks: tuple[int, ...], values: list[int]) -> float:
+    """Least-squares slope of values against ks."""
+    k_mean = sum(ks) / len(ks)
+    v_mean = sum(values) / len(values)
+    cov = sum((k - k_mean) * (v - v_mean) for k, v in zip(ks, values, strict=True))
+    return cov / sum((k - k_mean) ** 2 for k in ks)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tracked_peak_slope_matches_cuda_peak(
+    case: str, deblur_batch: tuple[Any, torch.Tensor, torch.Tensor]
+) -> None:
+    task, x, y = deblur_batch
+    model_name, cfg_of_k = CASES[case]
+    reports = [_warm_step_memory(model_name, cfg_of_k(k), task, x, y) for k in KS]
+    tracked = [r.tracked_peak_bytes for r in reports]
+    cuda = [r.cuda_peak_bytes for r in reports]
+    assert all(c is not None for c in cuda)
+    table = ", ".join(
+        f"K={k}: tracked {t / MIB:.2f} MiB, cuda {c / MIB:.2f} MiB"
+        for k, t, c in zip(KS, tracked, cuda, strict=True)
+    )
+    slope_tracked, slope_cuda = _slope(KS, tracked), _slope(KS, cuda)
+    assert slope_cuda > 0, f"{case}: the CUDA peak does not grow with K ({table})"
+    assert abs(slope_tracked - slope_cuda) <= SLOPE_RTOL * slope_cuda, (
+        f"{case}: slopes differ: tracked {slope_tracked / MIB:.4f} MiB/K, "
+        f"cuda {slope_cuda / MIB:.4f} MiB/K ({table})"
+    )
+    offsets = [c - t for c, t in zip(cuda, tracked, strict=True)]
+    assert max(abs(o) for o in offsets) <= MAX_OFFSET_BYTES, f"{case}: offset above 32 MiB ({table})"
