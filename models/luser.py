@@ -1,0 +1,117 @@
+"""LUSER: loop-unrolled proximal gradient whose regulariser is a shallow equilibrium cell.
+
+Each of the K outer steps takes a gradient step on the data term, then solves a small fixed point::
+
+    v_k     = x_k - eta_k A^T (A x_k - y),               eta_k = exp(theta_k) / ||A||^2
+    x_{k+1} = z*  where  z* = f_k(z*; v_k),              z_0 = v_k
+
+with ``f_k`` an :class:`~models.regularisers.EquilibriumCell` of 1-3 convolutions (``reg_depth``).
+The fixed point is solved by :func:`models.deq.deq_solve` to ``tol`` (relative residual) within
+``max_iter`` iterations, and differentiated by the ``backward`` mode (``ift``, ``ift_hook``, ``jfb``,
+``phantom``, ``unrolled``). ``z`` and ``v`` are image-sized, so a backward that saves only
+``(z*, v)`` costs a few images per LU step, independent of the cell's width and of the iteration count.
+Complex images are solved for as two real channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from models.deq import BACKWARD_MODES, DEQConfig, deq_solve
+from models.lu import X0_MODES, Recon, Reconstructor, check_choice, check_int
+from models.regularisers import ACTIVATIONS, CELL_DEPTHS, EquilibriumCell
+from models.solvers import SOLVERS
+
+if TYPE_CHECKING:
+    from models.deq_model import DEQModelConfig
+    from operators.base import LinearOperator
+
+
+def check_deq_fields(cfg: LUSERConfig | DEQModelConfig) -> None:
+    """Validation shared by the two DEQ-based configs."""
+    check_choice("solver", cfg.solver, sorted(SOLVERS))
+    check_choice("backward", cfg.backward, BACKWARD_MODES)
+    check_int("max_iter", cfg.max_iter)
+    check_int("bwd_max_iter", cfg.bwd_max_iter)
+    for name in ("tol", "bwd_tol"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0.0:
+            raise ValueError(f"{name} must be a float > 0, got {value!r}")
+
+
+def make_deq_config(cfg: LUSERConfig | DEQModelConfig) -> DEQConfig:
+    """The :class:`models.deq.DEQConfig` for a model config (other DEQConfig fields keep their defaults)."""
+    return DEQConfig(
+        solver=cfg.solver,
+        tol=float(cfg.tol),
+        max_iter=cfg.max_iter,
+        backward=cfg.backward,
+        bwd_tol=float(cfg.bwd_tol),
+        bwd_max_iter=cfg.bwd_max_iter,
+    )
+
+
+@dataclass(frozen=True)
+class LUSERConfig:
+    """Hyper-parameters of ``luser``.
+
+    n_iters: LU steps K. reg_depth: convolutions in each cell (1-3). reg_width: hidden channels.
+    act: cell activation. spectral_norm: spectral-normalised cells (see EquilibriumCell).
+    tied: one cell shared by all steps. x0, step_init: as in LU.
+    solver, tol, max_iter: forward fixed-point solve (tol on ||f(z) - z|| / ||f(z)|| per sample).
+    backward, bwd_tol, bwd_max_iter: gradient mode and the backward (adjoint) solve.
+    """
+
+    n_iters: int = 5
+    reg_depth: int = 2
+    reg_width: int = 32
+    act: str = "gelu"
+    spectral_norm: bool = False
+    tied: bool = False
+    x0: str = "adjoint"
+    step_init: float = -1.0
+    solver: str = "anderson"
+    tol: float = 1e-3
+    max_iter: int = 40
+    backward: str = "ift"
+    bwd_tol: float = 1e-3
+    bwd_max_iter: int = 40
+
+    def __post_init__(self) -> None:
+        check_int("n_iters", self.n_iters)
+        check_int("reg_depth", self.reg_depth, minimum=min(CELL_DEPTHS), maximum=max(CELL_DEPTHS))
+        check_int("reg_width", self.reg_width)
+        check_choice("act", self.act, sorted(ACTIVATIONS))
+        check_choice("x0", self.x0, X0_MODES)
+        check_deq_fields(self)
+
+
+class LUSER(Reconstructor):
+    """K outer proximal-gradient steps, each regulariser an equilibrium cell solved by ``deq_solve``."""
+
+    def __init__(self, cfg: LUSERConfig, op: LinearOperator):
+        super().__init__(op, x0=cfg.x0)
+        self.cfg = cfg
+        self.deq_cfg = make_deq_config(cfg)
+        n_cells = 1 if cfg.tied else cfg.n_iters
+        self.cells = nn.ModuleList(
+            EquilibriumCell(self.net_channels, cfg.reg_depth, cfg.reg_width, cfg.act, cfg.spectral_norm)
+            for _ in range(n_cells)
+        )
+        self.step_logits = nn.Parameter(torch.full((cfg.n_iters,), float(cfg.step_init)))  # theta_k
+
+    def forward(self, y: Tensor, op: LinearOperator) -> Recon:
+        self.check_op(op)
+        x = self.initial(y, op)  # (B, *in_shape)
+        stats = []
+        for k in range(self.cfg.n_iters):
+            v = self.to_net(self.gradient_step(x, y, op, self.step_logits[k]))  # (B, c, H, W) real
+            cell = self.cells[0 if self.cfg.tied else k]
+            z, stat = deq_solve(cell, v, (v,), list(cell.parameters()), self.deq_cfg)  # z* = cell(z*, v)
+            x = self.from_net(z)
+            stats.append(stat)
+        return Recon(x=x, stats=stats)
