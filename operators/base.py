@@ -89,7 +89,9 @@ class LinearOperator(nn.Module):
         return self.A_adjoint(y)
 
     @torch.no_grad()
-    def op_norm(self, n_iter: int = 100, *, generator: torch.Generator | None = None, rtol: float = 1e-7) -> float:
+    def op_norm(
+        self, n_iter: int = 100, *, generator: torch.Generator | None = None, rtol: float = 1e-7
+    ) -> float:
         """Spectral norm ``||A||_2`` by power iteration on ``A^T A`` from a seeded random start."""
         gen = generator if generator is not None else torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn((1, *self.in_shape), generator=gen, dtype=self.real_dtype)

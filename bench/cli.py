@@ -1,0 +1,260 @@
+"""`python -m bench SUBCOMMAND ...`: the command line.
+
+Subcommands are dispatched through `SUBCOMMANDS`, a dict name -> "module" or "module:ATTR". The
+module (or its attribute ATTR) must provide
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    main(args: argparse.Namespace) -> int          # the exit code
+
+Only the chosen subcommand's module is imported, so `sweep` never imports pandas or matplotlib and a
+subcommand whose module does not exist yet fails with a clear message (exit 2). `plot`, `report` and
+`gate` live in bench/plots.py, bench/report.py and bench/gate.py.
+
+    python -m bench sweep FILE | --preset NAME --out DIR [--dry-run]
+        [--launcher sequential|local|pool|slurm] [--memory-budget 24GiB] [--run-timeout S]
+        [--workers N] [--retry-failed] [--max-runs N] [--time-budget S]
+        [--partition P] [--time-min M] [--gpus-per-task G] [--no-wait]
+
+`--launcher local` is the issue's name for `sequential` (the default). Sizes: a bare number is
+bytes; KB/MB/GB/TB are powers of 10, KiB/MiB/GiB/TiB powers of 2 (`24GiB`, `512MiB`, `1.5GB`).
+Exit codes: 0 done (whatever the rows' statuses), 2 bad input (sweep file, size, option) with
+nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Subcommand name -> "module" or "module:ATTR" exposing add_arguments(parser) and main(args) -> int.
+SUBCOMMANDS: dict[str, str] = {
+    "sweep": "bench.cli:SWEEP",
+    "plot": "bench.plots",
+    "report": "bench.report",
+    "gate": "bench.gate",
+    "_run-one": "bench.cli:RUN_ONE",  # internal: one run in this process (used by the launchers)
+}
+
+_UNITS: dict[str, int] = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'24GiB' -> 25769803776; GB = 10**9, GiB = 2**30, bare number = bytes. Bad input: ValueError."""
+    m = _SIZE_RE.match(text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(
+            f"bad size {text!r}: expected a number with an optional unit in "
+            "B, KB, MB, GB, TB (powers of 10), KiB, MiB, GiB, TiB (powers of 2), e.g. 24GiB or 1.5GB"
+        )
+    return int(round(float(m.group(1)) * _UNITS[m.group(2).upper()]))
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Command:
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _sweep_add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("file", nargs="?", help="sweep TOML file")
+    src.add_argument("--preset", help="a preset from bench/sweeps/ (e.g. smoke, paper)")
+    p.add_argument("--out", required=True, help="output folder; rows go to OUT/runs.csv")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded runs, write nothing")
+    p.add_argument(
+        "--launcher",
+        default="sequential",
+        choices=["sequential", "local", "pool", "slurm"],
+        help="local is an alias of sequential (default)",
+    )
+    p.add_argument(
+        "--memory-budget", type=_size_arg, help="e.g. 24GiB: runs that would not fit get status oom"
+    )
+    p.add_argument("--run-timeout", type=_positive_float, help="kill a run after S seconds (status timeout)")
+    p.add_argument("--workers", type=int, default=1, help="pool launcher without GPUs: CPU workers")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run again run_ids whose last row is error/timeout"
+    )
+    p.add_argument("--max-runs", type=int, help="start at most N runs, then stop (resume later)")
+    p.add_argument("--time-budget", type=_positive_float, help="start no run that would end after S seconds")
+    p.add_argument("--partition", help="slurm: partition")
+    p.add_argument("--time-min", type=int, default=60, help="slurm: time limit per job in minutes")
+    p.add_argument("--gpus-per-task", type=int, default=1, help="slurm: GPUs per job")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _key_fields(row: dict[str, Any]) -> str:
+    keys = ("n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward", "steps")
+    return " ".join(f"{k}={row[k]}" for k in keys if row.get(k) is not None)
+
+
+def _sweep_main(args: argparse.Namespace) -> int:
+    from bench.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
+    from bench.results import finished_run_ids
+    from bench.specs import SweepError, load_preset, load_sweep, spec_columns
+
+    try:
+        sweep = load_preset(args.preset) if args.preset else load_sweep(args.file)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, value in (("--workers", args.workers), ("--max-runs", args.max_runs)):
+        if value is not None and value < 1:
+            print(f"error: {name} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+
+    out = Path(args.out)
+    csv_path = out / "runs.csv"
+    done = finished_run_ids(csv_path, retry_failed=args.retry_failed)
+    todo = [s for s in sweep.specs if s.run_id not in done]
+    n_done = len(sweep.specs) - len(todo)
+
+    if args.dry_run:
+        for spec in sweep.specs:
+            row = spec_columns(spec)
+            mark = "done" if spec.run_id in done else "todo"
+            head = f"{row['run_id']}  {mark}  {row['part']:<8} {row['task']:<8} {row['model']:<10}"
+            extra = "".join(f" {k}={v}" for k, v in spec.model_extra)
+            print(f"{head} {_key_fields(row)}{extra}")
+        print(f"{len(sweep.specs)} runs in sweep {sweep.name!r}: {n_done} already done, {len(todo)} to run")
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    opts = LaunchOptions(
+        memory_budget_bytes=args.memory_budget,
+        run_timeout_s=args.run_timeout,
+        max_runs=args.max_runs,
+        time_budget_s=args.time_budget,
+        workers=args.workers,
+        show_progress=not args.quiet,
+    )
+    print(f"sweep {sweep.name!r}: {len(sweep.specs)} runs, {n_done} done, {len(todo)} to run -> {csv_path}",
+          file=sys.stderr)  # fmt: skip
+    t0 = time.monotonic()
+    if args.launcher == "slurm":
+        slurm = SlurmOptions(
+            partition=args.partition,
+            time_min=args.time_min,
+            gpus_per_task=args.gpus_per_task,
+            wait=not args.no_wait,
+        )
+        launch_slurm(todo, str(csv_path), opts, slurm)
+        if args.no_wait:
+            return 0
+    else:
+        LAUNCHERS[args.launcher](todo, str(csv_path), opts)
+    remaining = [s for s in sweep.specs if s.run_id not in finished_run_ids(csv_path)]
+    print(f"finished in {time.monotonic() - t0:.1f} s; {len(remaining)} run(s) still to do", file=sys.stderr)
+    return 0
+
+
+SWEEP = Command(_sweep_add_arguments, _sweep_main)
+
+
+# ----------------------------------------------------------------------------- _run-one (internal)
+
+
+def _run_one_add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec-json", required=True, help="bench.specs.spec_to_json(spec)")
+    p.add_argument("--row-out", required=True, help="where to write the row as JSON")
+    p.add_argument("--memory-budget", type=_size_arg)
+
+
+def _run_one_main(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from bench.run import run_spec
+    from bench.specs import spec_from_json
+
+    row = run_spec(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
+    out = Path(args.row_out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(row))
+    os.replace(tmp, out)  # atomic: the parent sees a whole row or none
+    return 0
+
+
+RUN_ONE = Command(_run_one_add_arguments, _run_one_main)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _resolve(name: str) -> Any:
+    target = SUBCOMMANDS[name]
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise LookupError(
+            f"subcommand {name!r} is not available: module {module_name} does not exist yet"
+        ) from None
+    obj = getattr(module, attr) if attr else module
+    for needed in ("add_arguments", "main"):
+        if not callable(getattr(obj, needed, None)):
+            raise LookupError(f"subcommand {name!r}: {target} has no {needed}() (see bench/cli.py docstring)")
+    return obj
+
+
+def _usage() -> str:
+    names = ", ".join(n for n in SUBCOMMANDS if not n.startswith("_"))
+    return f"usage: python -m bench {{{names}}} ...\n       python -m bench SUBCOMMAND --help"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(), file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        command = _resolve(name)
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"python -m bench {name}")
+    command.add_arguments(parser)
+    try:
+        args = parser.parse_args(argv[1:])
+    except SystemExit as exc:  # argparse exits 2 on bad options, 0 on --help
+        return int(exc.code or 0)
+    return int(command.main(args))

@@ -1,0 +1,289 @@
+"""One run -> one CSV row: `run_spec(spec, memory_budget_bytes=None) -> dict`.
+
+Steps (each fills its columns, so a run that fails late keeps what it measured):
+
+1. Build the task (`bench.tasks.build_task`, on ``spec.device`` or cuda when available, else cpu)
+   and the model (`models.build_model` with exactly ``spec.model_kwargs()``), the model under
+   ``torch.random.fork_rng()`` + ``torch.manual_seed(spec.seed)``: its initialisation is reproducible
+   and the caller's global RNG state is left untouched.
+2. Measurement on one fixed batch (the first ``batch_size`` training images, noise seeded by the
+   spec): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen here), then one warm
+   step under `bench.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
+   CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
+   (`bench.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
+   forward-only steps.
+   Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
+   per trainable parameter, same size; they are freed by ``zero_grad(set_to_none=True)`` and so are
+   already inside the tracked peak), ``optimizer_bytes`` (Adam state after warm-up),
+   ``operator_bytes`` (the operator's parameters and buffers, e.g. the CT matrix).
+3. "Would it fit?": with ``memory_budget_bytes``, the estimate of the device memory a training step
+   needs is ``tracked_peak + resident``, where resident = model parameters and buffers + optimiser
+   state + operator + the task's images (grads are in the tracked peak). Over budget: status ``oom``
+   with "estimated X bytes > budget Y bytes" and no timing or training.
+4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
+   measurement steps, so they do not leak into training) and trained by `bench.train.train` for
+   ``steps`` steps with a fresh Adam -> ``train_s``.
+5. Evaluation when the model was trained or has no parameters: `bench.train.evaluate` -> ``psnr_db``,
+   ``ssim``. Solver columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
+   last training step, evaluation has no backward), else of the last warm measurement step.
+
+``spec.cpu_threads`` sets torch's intra-op threads for the run (restored afterwards): on a small
+shared CPU, tiny ops run far faster on one thread than on a contended pool.
+
+Failures become statuses, never exceptions: an out-of-memory error (``torch.OutOfMemoryError``, or a
+CPU allocator failure) -> ``oom``; `bench.train.Diverged` (NaN/inf loss or parameters, a solver
+blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`` with
+``"Type: message"``.
+
+``spec.inject`` (testing aid, see `FAULTS`) wraps the model so that its *second* call fails: "nan"
+returns NaN images from then on, "oom" raises an out-of-memory error (a real one on CUDA: an
+impossible allocation), "crash" SIGKILLs this process, "hang" sleeps forever. Run "crash" and "hang"
+only in a child process (the launchers do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.results import COLUMNS
+from bench.specs import RunSpec, normalise, spec_columns
+from bench.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
+
+_ENV_COLUMNS = ("device", "torch_version", "cuda_version", "git_sha", "timestamp")
+_SOLVER_COLUMNS = ("fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac")
+
+
+class BudgetExceeded(RuntimeError):
+    """The estimated memory of a training step is over the --memory-budget."""
+
+
+# ----------------------------------------------------------------------------- fault injection
+
+
+def _fault_nan(recon: Any, device: torch.device) -> Any:
+    return dataclasses.replace(recon, x=recon.x * float("nan"))
+
+
+def _fault_oom(recon: Any, device: torch.device) -> Any:
+    if device.type == "cuda":
+        torch.empty(2**50, dtype=torch.uint8, device=device)  # 1 PiB: a real CUDA out-of-memory error
+    raise torch.OutOfMemoryError("injected out-of-memory error (spec.inject='oom')")
+
+
+def _fault_crash(recon: Any, device: torch.device) -> Any:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return recon
+
+
+def _fault_hang(recon: Any, device: torch.device) -> Any:
+    while True:
+        time.sleep(3600)
+
+
+#: inject name -> what happens from the model's second call on (the first call is a warm-up step).
+FAULTS: dict[str, Callable[[Any, torch.device], Any]] = {
+    "nan": _fault_nan,
+    "oom": _fault_oom,
+    "crash": _fault_crash,
+    "hang": _fault_hang,
+}
+
+
+class FaultInjector(nn.Module):
+    """Wraps a model; from its second call on, applies FAULTS[fault] to the reconstruction."""
+
+    def __init__(self, model: nn.Module, fault: str, device: torch.device) -> None:
+        super().__init__()
+        if fault not in FAULTS:
+            raise KeyError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
+        self.inner = model
+        self.fault = fault
+        self.device = device
+        self.calls = 0
+
+    def forward(self, y: torch.Tensor, op: Any) -> Any:
+        recon = self.inner(y, op)
+        self.calls += 1
+        return recon if self.calls < 2 else FAULTS[self.fault](recon, self.device)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(spec: RunSpec) -> torch.device:
+    if spec.device:
+        return torch.device(spec.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model_for(spec: RunSpec, op: Any, device: torch.device) -> nn.Module:
+    """The spec's model, initialised from spec.seed without touching the global RNG state."""
+    from models import build_model
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.model, op, **spec.model_kwargs())
+    model = model.to(device)
+    if spec.inject:
+        model = FaultInjector(model, spec.inject, device)
+    return model
+
+
+def is_oom(err: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA) or the CPU allocator's failure."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def _summary(stats: list[Any]) -> dict[str, Any]:
+    from bench.quality import solver_summary
+
+    summary = solver_summary(stats)
+    return {k: summary.get(k) for k in _SOLVER_COLUMNS}
+
+
+def _bytes(tensors: Any) -> int:
+    from bench.memory import tensor_bytes
+
+    return sum(tensor_bytes(t) for t in tensors)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
+    from bench.envinfo import environment_stamp
+    from bench.memory import measure_step_memory, module_bytes, optimizer_state_bytes
+    from bench.tasks import build_task
+    from bench.timing import time_steps
+    from models import count_params
+
+    device = resolve_device(spec)
+    stamp = environment_stamp(device)
+    row.update({k: stamp.get(k) for k in _ENV_COLUMNS})
+    task = build_task(
+        spec.task,
+        image_size=spec.image_size,
+        n_train=spec.n_train,
+        n_test=spec.n_test,
+        noise_sigma=spec.noise_sigma,
+        seed=spec.seed,
+        device=device,
+    )
+    op = task.operator
+    row["operator_bytes"] = module_bytes(op)
+
+    model = build_model_for(spec, op, device)
+    init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=spec.lr) if params else None
+    row["params"] = count_params(model)
+    row["param_bytes"] = _bytes(model.parameters())
+    row["grad_bytes"] = _bytes(params)
+
+    # One fixed measurement batch.
+    if spec.batch_size > len(task.x_train):
+        raise ValueError(f"batch_size {spec.batch_size} is larger than n_train {len(task.x_train)}")
+    x = task.x_train[: spec.batch_size]  # (B, *in_shape)
+    y = task.measure(x, torch.Generator().manual_seed(spec.seed + 2))  # (B, *out_shape)
+    last: list[StepResult] = []
+
+    def step() -> StepResult:
+        result = train_step(model, op, x, y, optimizer, grad_clip=spec.grad_clip)
+        check_finite(result, "a measurement step")
+        last[:] = [result]
+        return result
+
+    for _ in range(spec.warmup_steps):
+        step()
+    row["optimizer_bytes"] = optimizer_state_bytes(optimizer) if optimizer is not None else 0
+    mem = measure_step_memory(step, device=device)
+    row.update(
+        tracked_peak_bytes=mem.tracked_peak_bytes,
+        saved_bytes=mem.saved_bytes,
+        cuda_peak_bytes=mem.cuda_peak_bytes,
+        cuda_reserved_bytes=mem.cuda_reserved_bytes,
+    )
+    if memory_budget_bytes is not None:
+        resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
+        resident += _bytes([task.x_train, task.x_test])
+        estimate = mem.tracked_peak_bytes + resident
+        if estimate > memory_budget_bytes:
+            raise BudgetExceeded(
+                f"would not fit: estimated {estimate} bytes (tracked peak {mem.tracked_peak_bytes}"
+                f" + resident {resident}: model, optimiser state, operator, images)"
+                f" > budget {memory_budget_bytes} bytes"
+            )
+    if spec.timed_steps > 0:
+        times = time_steps(step, n_warmup=0, n_steps=spec.timed_steps, device=device)
+        row["step_ms_median"] = times.median_ms
+        row["step_ms_iqr"] = times.iqr_ms
+    row.update(_summary(last[0].stats if last else []))
+
+    trained = False
+    if spec.steps > 0 and params:
+        del optimizer, last
+        model.load_state_dict(init_state)  # back to the initialisation: measurement steps do not count
+        cfg = TrainConfig(
+            steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, grad_clip=spec.grad_clip
+        )
+        result = train(model, task, cfg)
+        row["train_s"] = result.train_s
+        trained = True
+    if trained or not params:
+        ev = evaluate(model, task, spec.batch_size)
+        row["psnr_db"] = ev["psnr_db"]
+        row["ssim"] = ev["ssim"]
+        bwd = row["bwd_iters_mean"]
+        if trained:
+            bwd = _summary(result.last_stats)["bwd_iters_mean"]
+        row.update({k: ev[k] for k in _SOLVER_COLUMNS})
+        row["bwd_iters_mean"] = bwd
+
+
+def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[str, Any]:
+    """Run one spec in this process and return its full CSV row (every column of bench.results.COLUMNS).
+
+    Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
+    """
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(status="ok", error="")
+    threads = torch.get_num_threads()
+    try:
+        if spec.cpu_threads is not None:
+            torch.set_num_threads(spec.cpu_threads)
+        spec = normalise(spec)
+        row.update(spec_columns(spec))
+        _execute(spec, row, memory_budget_bytes)
+    except Diverged as err:
+        row.update(status="diverged", error=f"Diverged: {err}")
+    except BudgetExceeded as err:
+        row.update(status="oom", error=str(err))
+    except Exception as err:
+        status = "oom" if is_oom(err) else "error"
+        row.update(status=status, error=f"{type(err).__name__}: {err}")
+    finally:
+        torch.set_num_threads(threads)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if not row.get("device"):
+        row["device"] = str(resolve_device(spec))
+    return {k: _plain(v) for k, v in row.items()}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalars (tensors and numpy numbers become Python numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    return value

@@ -1,0 +1,453 @@
+"""Run specifications and TOML sweep expansion.
+
+A `RunSpec` is one run: a task, a model with its config keys, and the harness settings (batch size,
+image size, training steps, ...). Its `run_id` is a short sha1 of the *normalised* spec, so the same
+run is recognised across sweeps and restarts.
+
+Normalisation (`normalise`) makes run ids mean "the same computation":
+- model config keys the model does not take are blanked (None): the model's keys are read from
+  `dataclasses.fields(MODELS[model].config_cls)`, never from a table here. A sweep over `tol` that
+  also lists `lu` therefore gives one `lu` run, not one per tol;
+- model keys the model takes but the spec leaves unset are filled with the config's default, so
+  `{model="deq"}` and `{model="deq", tol=<default>}` are one run and the CSV shows effective values;
+- extra model keys (`model_extra`, any config key without its own column) equal to the default are
+  dropped;
+- task sizes left unset (image_size, n_train, n_test, noise_sigma) take the task's defaults
+  (`bench.tasks.TASKS[task]`).
+
+A sweep file (TOML) has three tables, all optional but `grid` usually present::
+
+    [sweep]                       # name (str) and description (str)
+    name = "smoke"
+    [defaults]                    # fields shared by every grid
+    task = "blur"
+    steps = 20
+    [[grid]]                      # one sub-grid; a list is an axis, a scalar is fixed
+    part = "profile"
+    model = ["lu", "lu_ckpt"]
+    n_iters = [1, 2, 4]
+
+Expansion: for each grid, the cross product of its axes (lists) over `defaults` updated by the
+grid's scalars, axes in the order the keys appear (defaults first); runs whose run_id was already
+produced are dropped, keeping the first (stable order). Lists in `defaults` are axes of every grid
+that does not override the key. `part` defaults to the sweep's name.
+
+Validation raises `SweepError` naming where (`defaults`, `[[grid]] #2`), the key and what is allowed:
+malformed TOML, an unknown key, a wrong type, an empty axis, an unknown task/model/solver/backward
+name, a key that none of a grid's models takes, a config rejected by the model's config class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import itertools
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/run.py):
+#: "nan" makes the model output NaN from its second call, "oom" raises an out-of-memory error in a
+#: step (a real one on CUDA), "crash" SIGKILLs the run's own process, "hang" sleeps forever.
+INJECTS: tuple[str, ...] = ("", "nan", "oom", "crash", "hang")
+
+#: RunSpec fields that are model config keys (CSV columns or common knobs). Whether a model takes a
+#: key is decided by its config class, not here.
+MODEL_KEYS: tuple[str, ...] = (
+    "n_iters",
+    "reg_depth",
+    "reg_width",
+    "solver",
+    "tol",
+    "max_iter",
+    "backward",
+    "act",
+    "bwd_tol",
+    "bwd_max_iter",
+)
+
+
+class SweepError(ValueError):
+    """A sweep file or spec is invalid; the message names the place, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run. Model keys left as None mean "not used by this model" or "the model's default"."""
+
+    task: str
+    model: str
+    part: str = ""
+    # Model config keys (passed to build_model when the model's config class has them).
+    n_iters: int | None = None
+    reg_depth: int | None = None
+    reg_width: int | None = None
+    solver: str | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+    backward: str | None = None
+    act: str | None = None
+    bwd_tol: float | None = None
+    bwd_max_iter: int | None = None
+    #: Any other config key of the model, as sorted (key, value) pairs (e.g. ("anderson_m", 6)).
+    model_extra: tuple[tuple[str, Any], ...] = ()
+    # Harness settings.
+    batch_size: int = 4
+    image_size: int | None = None  # None (also n_train, n_test, noise_sigma): the task's default
+    steps: int = 0
+    seed: int = 0
+    lr: float = 1e-3
+    grad_clip: float | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    noise_sigma: float | None = None
+    warmup_steps: int = 1
+    timed_steps: int = 3
+    device: str = ""  # "" picks cuda when available, else cpu
+    cpu_threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
+    inject: str = ""  # testing aid, see INJECTS
+
+    @property
+    def run_id(self) -> str:
+        """12 hex digits of sha1 over the normalised spec's canonical JSON."""
+        canonical = json.dumps(spec_to_dict(normalise(self)), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Exactly the keyword arguments for `build_model(self.model, op, **kwargs)`."""
+        spec = normalise(self)
+        kwargs = {k: getattr(spec, k) for k in MODEL_KEYS if getattr(spec, k) is not None}
+        kwargs.update(dict(spec.model_extra))
+        return kwargs
+
+
+_SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunSpec)}
+_SPEC_TYPES: dict[str, Any] = typing.get_type_hints(RunSpec)
+#: Keys a sweep file may set directly (model_extra is filled from other models' config keys).
+SPEC_KEYS: tuple[str, ...] = tuple(k for k in _SPEC_FIELDS if k != "model_extra")
+
+
+# ----------------------------------------------------------------------------- registries (lazy)
+
+
+def _models() -> Mapping[str, Any]:
+    from models import MODELS
+
+    return MODELS
+
+
+def _tasks() -> Mapping[str, Any]:
+    from bench.tasks import TASKS
+
+    return TASKS
+
+
+def _solvers() -> Sequence[str]:
+    from models.solvers import SOLVERS
+
+    return tuple(SOLVERS)
+
+
+def _backward_modes() -> Sequence[str]:
+    from models.deq import BACKWARD_MODES
+
+    return tuple(BACKWARD_MODES)
+
+
+#: Keys whose values are names from a registry: key -> function returning the allowed names.
+_CHOICES: dict[str, Callable[[], Sequence[str]]] = {
+    "task": lambda: tuple(_tasks()),
+    "model": lambda: tuple(_models()),
+    "solver": _solvers,
+    "backward": _backward_modes,
+    "inject": lambda: INJECTS,
+}
+
+
+def _config_fields(model: str) -> dict[str, dataclasses.Field]:
+    models = _models()
+    if model not in models:
+        raise SweepError(f"unknown model {model!r}; known models: {sorted(models)}")
+    return {f.name: f for f in dataclasses.fields(models[model].config_cls)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+#: RunSpec fields that default (None) to the task's own default (`bench.tasks.TaskSpec`).
+TASK_KEYS: tuple[str, ...] = ("image_size", "n_train", "n_test", "noise_sigma")
+
+
+def normalise(spec: RunSpec) -> RunSpec:
+    """Blank model keys the model does not take, fill unset ones with the config's defaults, and
+    fill unset task sizes (image_size, n_train, n_test, noise_sigma) with the task's defaults."""
+    cfg_fields = _config_fields(spec.model)
+    tasks = _tasks()
+    if spec.task not in tasks:
+        raise SweepError(f"unknown task {spec.task!r}; known tasks: {sorted(tasks)}")
+    changes: dict[str, Any] = {
+        key: getattr(tasks[spec.task], key) for key in TASK_KEYS if getattr(spec, key) is None
+    }
+    for key in MODEL_KEYS:
+        if key not in cfg_fields:
+            changes[key] = None
+        elif getattr(spec, key) is None:
+            changes[key] = _field_default(cfg_fields[key])
+    extra = {
+        k: v
+        for k, v in spec.model_extra
+        if k in cfg_fields and k not in MODEL_KEYS and v != _field_default(cfg_fields[k])
+    }
+    changes["model_extra"] = tuple(sorted(extra.items()))
+    return dataclasses.replace(spec, **changes)
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """JSON-ready dict of a spec (model_extra as a dict)."""
+    d = {f: getattr(spec, f) for f in _SPEC_FIELDS}
+    d["model_extra"] = dict(spec.model_extra)
+    return d
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> RunSpec:
+    """Inverse of `spec_to_dict`; unknown keys raise KeyError listing the known ones."""
+    unknown = set(d) - set(_SPEC_FIELDS)
+    if unknown:
+        raise KeyError(f"unknown RunSpec keys {sorted(unknown)}; known: {list(_SPEC_FIELDS)}")
+    kw = dict(d)
+    kw["model_extra"] = tuple(sorted(dict(kw.get("model_extra", {})).items()))
+    return RunSpec(**kw)
+
+
+def spec_to_json(spec: RunSpec) -> str:
+    return json.dumps(spec_to_dict(spec), sort_keys=True)
+
+
+def spec_from_json(text: str) -> RunSpec:
+    return spec_from_dict(json.loads(text))
+
+
+# ----------------------------------------------------------------------------- type checks
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return value as type tp (int accepted for float), or raise TypeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                continue
+            try:
+                return _coerce(value, arm)
+            except TypeError:
+                pass
+        raise TypeError(_type_name(tp))
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError(_type_name(tp))
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("float")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("int")
+    if tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+        raise TypeError(tp.__name__)
+    if tp is Any or not isinstance(tp, type):
+        return value
+    if isinstance(value, tp):
+        return value
+    raise TypeError(_type_name(tp))
+
+
+def _key_types() -> dict[str, Any]:
+    """Every key a sweep may set -> its expected type (RunSpec fields, then model config keys)."""
+    types_: dict[str, Any] = {k: _SPEC_TYPES[k] for k in SPEC_KEYS}
+    for entry in _models().values():
+        hints = typing.get_type_hints(entry.config_cls)
+        for f in dataclasses.fields(entry.config_cls):
+            types_.setdefault(f.name, hints.get(f.name, Any))
+    return types_
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    description: str
+    specs: tuple[RunSpec, ...]
+
+
+_TOP_KEYS = ("sweep", "defaults", "grid")
+_SWEEP_KEYS = {"name": str, "description": str}
+
+
+def _check_table(where: str, table: Any, key_types: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Validate one table; return key -> list of values (a scalar becomes a one-element list)."""
+    if not isinstance(table, dict):
+        raise SweepError(f"{where}: expected a table, got {type(table).__name__}")
+    out: dict[str, list[Any]] = {}
+    for key, raw in table.items():
+        if key not in key_types:
+            raise SweepError(f"{where}: unknown key {key!r}; allowed keys: {sorted(key_types)}")
+        values = raw if isinstance(raw, list) else [raw]
+        if isinstance(raw, list) and not raw:
+            raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value")
+        checked = []
+        for v in values:
+            try:
+                v = _coerce(v, key_types[key])
+            except TypeError:
+                raise SweepError(
+                    f"{where}: key {key!r} expects {_type_name(key_types[key])}, got {v!r} "
+                    f"({type(v).__name__})"
+                ) from None
+            if key in _CHOICES:
+                allowed = _CHOICES[key]()
+                if v not in allowed:
+                    raise SweepError(
+                        f"{where}: key {key!r} has unknown value {v!r}; allowed: {list(allowed)}"
+                    )
+            checked.append(v)
+        out[key] = checked
+    return out
+
+
+def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunSpec:
+    for required in ("task", "model"):
+        if required not in values:
+            raise SweepError(f"{where}: missing required key {required!r}")
+    cfg_fields = _config_fields(values["model"])
+    spec_kw = {k: v for k, v in values.items() if k in _SPEC_FIELDS}
+    extra = {k: v for k, v in values.items() if k not in _SPEC_FIELDS and k in cfg_fields}
+    spec_kw.setdefault("part", default_part)
+    spec = normalise(RunSpec(**spec_kw, model_extra=tuple(sorted(extra.items()))))
+    config_cls = _models()[spec.model].config_cls
+    try:
+        config_cls(**spec.model_kwargs())
+    except (TypeError, ValueError, KeyError) as err:
+        raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
+    return spec
+
+
+def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
+    """Expand a parsed sweep document (the dict `tomllib` returns) into a `Sweep`."""
+    unknown = set(doc) - set(_TOP_KEYS)
+    if unknown:
+        raise SweepError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
+    meta = doc.get("sweep", {})
+    if not isinstance(meta, dict):
+        raise SweepError("[sweep]: expected a table with keys 'name', 'description'")
+    for key, value in meta.items():
+        if key not in _SWEEP_KEYS:
+            raise SweepError(f"[sweep]: unknown key {key!r}; allowed keys: {sorted(_SWEEP_KEYS)}")
+        if not isinstance(value, _SWEEP_KEYS[key]):
+            raise SweepError(f"[sweep]: key {key!r} expects str, got {value!r}")
+    name = meta.get("name", default_name)
+
+    key_types = _key_types()
+    defaults = _check_table("[defaults]", doc.get("defaults", {}), key_types)
+    grids = doc.get("grid", [{}])
+    if not isinstance(grids, list):
+        raise SweepError("'grid' must be an array of tables: write [[grid]], not [grid]")
+
+    specs: dict[str, RunSpec] = {}
+    for index, grid in enumerate(grids, start=1):
+        where = f"[[grid]] #{index}"
+        axes = dict(defaults)
+        grid_axes = _check_table(where, grid, key_types)
+        axes.update(grid_axes)
+        for key in grid_axes:  # a key set in the grid must matter to at least one of its models
+            if key in _SPEC_FIELDS and key not in MODEL_KEYS:
+                continue
+            takers = [m for m in axes.get("model", []) if key in _config_fields(m)]
+            if not takers:
+                raise SweepError(
+                    f"{where}: key {key!r} is not a config key of model(s) {axes.get('model', [])}"
+                )
+        keys = list(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            spec = _make_spec(where, dict(zip(keys, combo, strict=True)), name)
+            specs.setdefault(spec.run_id, spec)
+    return Sweep(name=name, description=meta.get("description", ""), specs=tuple(specs.values()))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep TOML file; any problem raises SweepError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SweepError(f"cannot read sweep file {str(path)!r}: {err}") from None
+    return loads_sweep(text, default_name=path.stem, source=str(path))
+
+
+def loads_sweep(text: str, *, default_name: str = "sweep", source: str = "<string>") -> Sweep:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SweepError(f"{source}: malformed TOML: {err}") from None
+    try:
+        return expand(doc, default_name=default_name)
+    except SweepError as err:
+        raise SweepError(f"{source}: {err}") from None
+
+
+def available_presets() -> list[str]:
+    """Names of the TOML presets shipped in bench/sweeps/."""
+    folder = importlib.resources.files("bench") / "sweeps"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> Sweep:
+    """Load bench/sweeps/NAME.toml; an unknown name raises SweepError listing the presets."""
+    presets = available_presets()
+    if name not in presets:
+        raise SweepError(f"unknown preset {name!r}; available presets: {presets}")
+    text = (importlib.resources.files("bench") / "sweeps" / f"{name}.toml").read_text()
+    return loads_sweep(text, default_name=name, source=f"preset {name!r}")
+
+
+#: Run-row columns that come straight from the spec (see ARCHITECTURE.md, "The run row").
+SPEC_COLUMNS: tuple[str, ...] = (
+    "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward",
+    "batch_size", "image_size", "steps", "seed", "lr",
+)  # fmt: skip
+
+
+def spec_columns(spec: RunSpec) -> dict[str, Any]:
+    """run_id and the spec's CSV columns (effective values: the spec is normalised first)."""
+    spec = normalise(spec)
+    row: dict[str, Any] = {"run_id": spec.run_id}
+    row.update({c: getattr(spec, c) for c in SPEC_COLUMNS})
+    return row

@@ -1,0 +1,81 @@
+"""The memory gate passes on the committed baseline and fails on a planted regression."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import gate
+
+BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "memory.json"
+CONFIG = "deblur/lu K=3 D=3"  # one gate configuration, to keep the test fast
+
+
+def _args(**kw) -> argparse.Namespace:
+    ns = dict(baseline=BASELINE, update=False, max_increase=0.01, report_decrease=0.05, only=CONFIG)
+    ns.update(kw)
+    return argparse.Namespace(**ns)
+
+
+def _plant(monkeypatch: pytest.MonkeyPatch, n_floats: int) -> None:
+    """Make LU keep an extra tensor of `n_floats` float32 alive from every forward call."""
+    import models.lu
+
+    kept: list[torch.Tensor] = []
+    forward = models.lu.LU.forward
+
+    def leaky(self, y, op):
+        kept.append(torch.empty(n_floats))
+        return forward(self, y, op)
+
+    monkeypatch.setattr(models.lu.LU, "forward", leaky)
+
+
+def test_gate_passes_on_committed_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gate.main(_args()) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_gate_fails_on_planted_regression(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    baseline = gate.read_baseline(BASELINE)
+    (peak,) = [c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)]
+    # A kept tensor of 2 % of the peak must fail a 1 % gate ...
+    _plant(monkeypatch, int(0.02 * peak) // 4)
+    assert gate.main(_args()) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and CONFIG in out
+
+
+def test_gate_tolerates_growth_below_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    baseline = gate.read_baseline(BASELINE)
+    (peak,) = [c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)]
+    # ... and one of 0.5 % must pass: the gate measures what it claims, to the byte.
+    _plant(monkeypatch, int(0.005 * peak) // 4)
+    assert gate.main(_args()) == 0
+
+
+def test_gate_update_round_trip_and_missing_config(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "memory.json"
+    assert gate.main(_args(baseline=path, update=True)) == 0
+    doc = gate.read_baseline(path)
+    assert len(doc["configs"]) == 1
+    # A configuration absent from the baseline fails the gate and names the fix.
+    doc["configs"] = {}
+    path.write_text(__import__("json").dumps(doc))
+    assert gate.main(_args(baseline=path)) == 1
+    assert "--update" in capsys.readouterr().out
+
+
+def test_verdict_rule_known_answer() -> None:
+    entries = [
+        gate.GateEntry("a", "a", now_bytes=1010, baseline_bytes=1000),  # +1.0 %: allowed
+        gate.GateEntry("b", "b", now_bytes=900, baseline_bytes=1000),  # -10 %: improvement, listed
+    ]
+    code, message = gate.verdict(entries, max_increase=0.01, report_decrease=0.05)
+    assert code == 0 and "improved" in message
+    entries.append(gate.GateEntry("c", "c", now_bytes=1011, baseline_bytes=1000))  # +1.1 %
+    code, message = gate.verdict(entries, max_increase=0.01, report_decrease=0.05)
+    assert code == 1 and "c" in message
