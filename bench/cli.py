@@ -14,8 +14,12 @@ subcommand whose module does not exist yet fails with a clear message (exit 2). 
         [--launcher sequential|local|pool|slurm] [--memory-budget 24GiB] [--run-timeout S]
         [--workers N] [--retry-failed] [--max-runs N] [--time-budget S]
         [--partition P] [--time-min M] [--gpus-per-task G] [--no-wait]
+        [--start forkserver|subprocess] [--quiet]
 
-`--launcher local` is the issue's name for `sequential` (the default). Sizes: a bare number is
+`--launcher local` is the issue's name for `sequential` (the default). `--start` picks how each run's
+fresh process starts (bench/launchers.py: a preloaded fork server by default, or a new interpreter).
+`--max-runs` / `--time-budget` stop starting runs after N runs / when the next run would end past S
+seconds (by the mean run time so far), so a long sweep runs in resumable chunks. Sizes: a bare number is
 bytes; KB/MB/GB/TB are powers of 10, KiB/MiB/GiB/TiB powers of 2 (`24GiB`, `512MiB`, `1.5GB`).
 Exit codes: 0 done (whatever the rows' statuses), 2 bad input (sweep file, size, option) with
 nothing written.
@@ -113,6 +117,12 @@ def _sweep_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-min", type=int, default=60, help="slurm: time limit per job in minutes")
     p.add_argument("--gpus-per-task", type=int, default=1, help="slurm: GPUs per job")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    p.add_argument(
+        "--start",
+        default="forkserver",
+        choices=["forkserver", "subprocess"],
+        help="how each run's fresh process starts (forkserver: preloaded imports, fast)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -160,6 +170,7 @@ def _sweep_main(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         workers=args.workers,
         show_progress=not args.quiet,
+        start=args.start,
     )
     print(f"sweep {sweep.name!r}: {len(sweep.specs)} runs, {n_done} done, {len(todo)} to run -> {csv_path}",
           file=sys.stderr)  # fmt: skip

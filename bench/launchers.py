@@ -1,18 +1,24 @@
 """Launchers: every run in its own fresh process, one shared run function, three ways to schedule.
 
-`run_in_fresh_process(spec_json, csv_path, ...)` is the one run function. It starts
-`python -m bench _run-one --spec-json ... --row-out DIR/rows/<run_id>.json` (a fresh interpreter:
-clean CUDA statistics, clean RSS, a crash cannot take the sweep down), waits for it, reads the row
-the child wrote, and appends it to `runs.csv` under the file lock (bench/results.py). If the child
-dies without a row (SIGKILL, segfault, os._exit) the row is `status=error, "process exited with code
--9"` plus the tail of its log; with `run_timeout_s` the child is killed after that many seconds and
-the row is `status=timeout`. The child's stdout/stderr go to `DIR/logs/<run_id>.log`.
+`run_in_fresh_process(spec_json, csv_path, ...)` is the one run function. It starts a new process for
+the run, waits for it, reads the row the child wrote to `DIR/rows/<run_id>.json`, and appends it to
+`runs.csv` under the file lock (bench/results.py). The process is new for every run (its own CUDA
+context and statistics, its own RSS; a crash cannot take the sweep down). Two ways to start it
+(`STARTERS`): "forkserver" (default) forks it from a multiprocessing fork server that imported
+torch, torchmetrics and the bench modules once (`PRELOAD`; importing does not initialise CUDA), so a
+run starts in well under a second instead of the ~5 s an interpreter needs for those imports;
+"subprocess" runs `python -m bench _run-one --spec-json ... --row-out ...` instead. (As with any
+multiprocessing fork server, a script that calls the launchers must guard its entry point with
+`if __name__ == "__main__":`; `python -m bench` does.)
+If the child dies without a row (SIGKILL, segfault, os._exit) the row is `status=error, "process
+exited with code -9"` plus the tail of its log; with `run_timeout_s` the child is killed after that
+many seconds and the row is `status=timeout`. The child's stdout/stderr go to `DIR/logs/<run_id>.log`.
 
 Launchers (`LAUNCHERS`):
 - `sequential` (alias `local`, the issue's name): one run after another;
 - `pool`: one worker per visible GPU (`CUDA_VISIBLE_DEVICES` parsed, else
-  `torch.cuda.device_count()`), each child pinned with `CUDA_VISIBLE_DEVICES=<its gpu>`; without a
-  GPU, `workers` CPU workers (default 1);
+  `torch.cuda.device_count()`), each child pinned with `CUDA_VISIBLE_DEVICES=<its gpu>` (set in the
+  child before CUDA is touched); without a GPU, `workers` CPU workers (default 1);
 - `slurm`: a submitit job array (`executor.map_array`); each array job calls the same
   `run_in_fresh_process`, which appends under the lock (flock must work on the shared file system).
   Tests pass a `submitit.LocalExecutor`.
@@ -52,6 +58,7 @@ class LaunchOptions:
     time_budget_s: float | None = None
     workers: int = 1
     show_progress: bool = True
+    start: str = "forkserver"  # a key of STARTERS
 
 
 def failure_row(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
@@ -78,6 +85,100 @@ def _log_tail(path: Path) -> str:
     return " ".join(text[-_LOG_TAIL_CHARS:].split())
 
 
+#: Modules the fork server imports once, so that each run's process starts in a fraction of a second
+#: instead of re-importing torch, torch._dynamo (pulled in by the memory tracker's dispatch mode) and
+#: torchmetrics (about 5 s on a small CPU). Importing them does not initialise CUDA.
+PRELOAD: tuple[str, ...] = (
+    "torch",
+    "torch._dynamo",
+    "torchmetrics",
+    "models",
+    "bench.run",
+    "bench.memory",
+    "bench.quality",
+    "bench.tasks",
+    "bench.timing",
+    "bench.envinfo",
+)
+
+
+def _child_main(
+    spec_json: str, row_path: str, log_path: str, memory_budget_bytes: int | None, env: dict[str, str]
+) -> None:
+    """Body of a forked run process: log to log_path, apply env, run, write the row JSON atomically."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
+    from bench.run import run_spec
+
+    row = run_spec(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
+    tmp = Path(row_path + ".tmp")
+    tmp.write_text(json.dumps(row))
+    os.replace(tmp, row_path)  # the parent sees a whole row or none
+
+
+class _Child:
+    """A started run process: wait(timeout) -> exit code (negative: killed by that signal), kill()."""
+
+    def __init__(self, wait: Callable[[float | None], int | None], kill: Callable[[], None]) -> None:
+        self.wait, self.kill = wait, kill
+
+
+def _start_forkserver(
+    spec_json: str, row_path: Path, log_path: Path, memory_budget_bytes: int | None, env: Mapping[str, str]
+) -> _Child:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    proc = ctx.Process(
+        target=_child_main,
+        args=(spec_json, str(row_path), str(log_path), memory_budget_bytes, dict(env)),
+        name="bench-run",
+    )
+    proc.start()
+
+    def wait(timeout: float | None) -> int | None:
+        proc.join(timeout)
+        return proc.exitcode
+
+    return _Child(wait, proc.kill)
+
+
+def _start_subprocess(
+    spec_json: str, row_path: Path, log_path: Path, memory_budget_bytes: int | None, env: Mapping[str, str]
+) -> _Child:
+    cmd = [sys.executable, "-m", "bench", "_run-one", "--spec-json", spec_json, "--row-out", str(row_path)]
+    if memory_budget_bytes is not None:
+        cmd += ["--memory-budget", str(memory_budget_bytes)]
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH")) if p)
+    child_env.update(env)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=_REPO_ROOT)
+
+    def wait(timeout: float | None) -> int | None:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    return _Child(wait, proc.kill)
+
+
+#: How a run's fresh process is started: "forkserver" (default: forked from a server that has the
+#: heavy modules imported, well under a second) or "subprocess" (`python -m bench _run-one`, a new
+#: interpreter, several seconds of imports). Both give a new process with its own CUDA context.
+STARTERS: dict[str, Callable[..., _Child]] = {
+    "forkserver": _start_forkserver,
+    "subprocess": _start_subprocess,
+}
+
+
 def run_in_fresh_process(
     spec_json: str,
     csv_path: str,
@@ -85,12 +186,16 @@ def run_in_fresh_process(
     memory_budget_bytes: int | None = None,
     run_timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
+    start: str = "forkserver",
 ) -> dict[str, Any]:
-    """Run one spec in a child interpreter, append its row to csv_path, and return the row.
+    """Run one spec in a fresh process, append its row to csv_path, and return the row.
 
     spec_json is `bench.specs.spec_to_json(spec)` (a string, so submitit pickles it cheaply).
-    env entries override the child's environment (e.g. CUDA_VISIBLE_DEVICES).
+    env entries are set in the child's environment (e.g. CUDA_VISIBLE_DEVICES). start: a key of
+    STARTERS.
     """
+    if start not in STARTERS:
+        raise KeyError(f"unknown start method {start!r}; known: {sorted(STARTERS)}")
     spec = spec_from_json(spec_json)
     out_dir = Path(csv_path).parent
     run_id = spec.run_id
@@ -100,22 +205,12 @@ def run_in_fresh_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.unlink(missing_ok=True)
 
-    cmd = [sys.executable, "-m", "bench", "_run-one", "--spec-json", spec_json, "--row-out", str(row_path)]
-    if memory_budget_bytes is not None:
-        cmd += ["--memory-budget", str(memory_budget_bytes)]
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH")) if p)
-    child_env.update(env or {})
-
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=_REPO_ROOT)
-        try:
-            code = proc.wait(timeout=run_timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-            timed_out = True
+    child = STARTERS[start](spec_json, row_path, log_path, memory_budget_bytes, dict(env or {}))
+    code = child.wait(run_timeout_s)
+    timed_out = code is None
+    if timed_out:
+        child.kill()
+        code = child.wait(None)
 
     if timed_out:
         row = failure_row(spec, "timeout", f"run exceeded --run-timeout {run_timeout_s:g} s and was killed")
@@ -182,6 +277,7 @@ def _run_with_slots(
                     memory_budget_bytes=opts.memory_budget_bytes,
                     run_timeout_s=opts.run_timeout_s,
                     env=env,
+                    start=opts.start,
                 )
             except BaseException as err:  # harness failure (disk full, ...): stop this worker, report
                 with lock:
@@ -286,6 +382,7 @@ def launch_slurm(
         [str(csv_path)] * n,
         [opts.memory_budget_bytes] * n,
         [opts.run_timeout_s] * n,
+        [opts.start] * n,
     )
     print(f"submitted {n} job(s): {jobs[0].job_id.split('_')[0]}", file=sys.stderr)
     if slurm.wait:
@@ -295,11 +392,11 @@ def launch_slurm(
 
 
 def run_in_fresh_process_job(
-    spec_json: str, csv_path: str, memory_budget_bytes: int | None, run_timeout_s: float | None
+    spec_json: str, csv_path: str, memory_budget_bytes: int | None, run_timeout_s: float | None, start: str
 ) -> str:
     """submitit entry point (positional args for map_array); returns the row's status."""
     row = run_in_fresh_process(
-        spec_json, csv_path, memory_budget_bytes=memory_budget_bytes, run_timeout_s=run_timeout_s
+        spec_json, csv_path, memory_budget_bytes=memory_budget_bytes, run_timeout_s=run_timeout_s, start=start
     )
     return str(row["status"])
 

@@ -174,29 +174,41 @@ class LiveStorageTracker(TorchDispatchMode):
 
 
 def saved_tensor_bytes(fn: Callable[[], T]) -> tuple[T, int]:
-    """Call `fn()`; return its result and the bytes of the unique storages saved for backward meanwhile.
+    """Call `fn()`; return its result and the peak bytes of storages saved for backward alive at once.
 
-    Counts every storage the autograd graph saves (parameters and inputs included), each once, through
-    `torch.autograd.graph.saved_tensors_hooks`. Blind spots: temporaries and solver buffers that are
-    not saved, and tensors saved inside non-reentrant `torch.utils.checkpoint` regions (their own hooks
-    take precedence), so a checkpointed LU reads 13 MB against a real 71 MB: a lower bound only.
-    If `fn` also runs backward, the count is cumulative over all tensors saved during `fn`.
+    Every storage the autograd graph saves (parameters and inputs included) is counted once, through
+    `torch.autograd.graph.saved_tensors_hooks`, from when it is saved until it is freed (seen through a
+    weak reference), and the peak of that sum is returned. So a graph rebuilt inside backward (the
+    memory-efficient implicit backward) counts one LU step at a time, as it is alive, not summed over
+    the steps. Blind spots: temporaries and solver buffers that are not saved, and tensors saved inside
+    non-reentrant `torch.utils.checkpoint` regions (their own hooks take precedence), so a checkpointed
+    LU reads 13 MB against a real 71 MB: a lower bound only.
     """
-    seen: dict[int, weakref.ref[torch.UntypedStorage]] = {}
-    total_bytes = 0
+    live: dict[int, tuple[weakref.ref[torch.UntypedStorage], int]] = {}
+    live_bytes = peak_bytes = 0
+
+    def on_free(key: int, ref: weakref.ref[torch.UntypedStorage]) -> None:
+        nonlocal live_bytes
+        entry = live.get(key)
+        if entry is not None and entry[0] is ref:
+            del live[key]
+            live_bytes -= entry[1]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total_bytes
+        nonlocal live_bytes, peak_bytes
         for st in _storages(t) or ():
-            ref = seen.get(st._cdata)
-            if ref is None or ref() is not st:
-                seen[st._cdata] = weakref.ref(st)
-                total_bytes += st.nbytes()
+            entry = live.get(st._cdata)
+            if entry is None or entry[0]() is not st:
+                if entry is not None:  # a dead storage under a reused key, its callback not yet run
+                    live_bytes -= entry[1]
+                live[st._cdata] = (weakref.ref(st, partial(on_free, st._cdata)), st.nbytes())
+                live_bytes += st.nbytes()
+                peak_bytes = max(peak_bytes, live_bytes)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
-    return result, total_bytes
+    return result, peak_bytes
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

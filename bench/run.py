@@ -11,7 +11,7 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    step under `bench.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
    CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
    (`bench.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
-   forward-only steps.
+   forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
    per trainable parameter, same size; they are freed by ``zero_grad(set_to_none=True)`` and so are
    already inside the tracked peak), ``optimizer_bytes`` (Adam state after warm-up),

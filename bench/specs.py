@@ -73,6 +73,20 @@ MODEL_KEYS: tuple[str, ...] = (
 )
 
 
+#: Smallest allowed value of the harness's integer fields (None, where allowed, means a default).
+_HARNESS_MINIMUMS: dict[str, int] = {
+    "batch_size": 1,
+    "image_size": 1,
+    "steps": 0,
+    "seed": 0,
+    "n_train": 1,
+    "n_test": 1,
+    "warmup_steps": 0,
+    "timed_steps": 0,
+    "cpu_threads": 1,
+}
+
+
 class SweepError(ValueError):
     """A sweep file or spec is invalid; the message names the place, the key and what is allowed."""
 
@@ -112,6 +126,18 @@ class RunSpec:
     device: str = ""  # "" picks cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
     inject: str = ""  # testing aid, see INJECTS
+
+    def __post_init__(self) -> None:
+        for name, minimum in _HARNESS_MINIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"RunSpec.{name} must be >= {minimum}, got {value!r}")
+        if self.lr <= 0 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ValueError(
+                f"RunSpec.lr and grad_clip must be > 0, got lr={self.lr!r}, grad_clip={self.grad_clip!r}"
+            )
+        if self.inject not in INJECTS:
+            raise ValueError(f"RunSpec.inject must be one of {INJECTS}, got {self.inject!r}")
 
     @property
     def run_id(self) -> str:
@@ -322,7 +348,12 @@ def _check_table(where: str, table: Any, key_types: Mapping[str, Any]) -> dict[s
             raise SweepError(f"{where}: unknown key {key!r}; allowed keys: {sorted(key_types)}")
         values = raw if isinstance(raw, list) else [raw]
         if isinstance(raw, list) and not raw:
-            raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value")
+            hint = (
+                f" from {list(_CHOICES[key]())}"
+                if key in _CHOICES
+                else f" of type {_type_name(key_types[key])}"
+            )
+            raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value{hint}")
         checked = []
         for v in values:
             try:
@@ -351,7 +382,10 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
     spec_kw = {k: v for k, v in values.items() if k in _SPEC_FIELDS}
     extra = {k: v for k, v in values.items() if k not in _SPEC_FIELDS and k in cfg_fields}
     spec_kw.setdefault("part", default_part)
-    spec = normalise(RunSpec(**spec_kw, model_extra=tuple(sorted(extra.items()))))
+    try:
+        spec = normalise(RunSpec(**spec_kw, model_extra=tuple(sorted(extra.items()))))
+    except ValueError as err:
+        raise SweepError(f"{where}: {err}") from None
     config_cls = _models()[spec.model].config_cls
     try:
         config_cls(**spec.model_kwargs())

@@ -41,7 +41,10 @@ BAD_SWEEPS = {
     "malformed": ("[defaults\ntask='ct'", ["malformed TOML"]),
     "unknown key": ("[defaults]\ntask='ct'\nmodel='lu'\nbatchsize=2", ["'batchsize'", "batch_size"]),
     "wrong type": ("[defaults]\ntask='ct'\nmodel='lu'\nn_iters=1.5", ["'n_iters'", "expects int"]),
-    "empty axis": ("[defaults]\ntask='ct'\n[[grid]]\nmodel='lu'\nn_iters=[]", ["[[grid]] #1", "empty axis"]),
+    "empty axis": (
+        "[defaults]\ntask='ct'\n[[grid]]\nmodel='lu'\nn_iters=[]",
+        ["[[grid]] #1", "'n_iters'", "empty axis", "type int"],
+    ),
     "unknown model": ("[defaults]\ntask='ct'\nmodel='unet'", ["'unet'", "lu_ckpt"]),
 }
 
@@ -103,13 +106,18 @@ def test_sweep_does_not_import_pandas_or_matplotlib(tmp_path: Path) -> None:
     code = (
         "import json, sys, runpy\n"
         "sys.argv = ['bench', 'sweep', '--preset', 'smoke', '--out', sys.argv[1], '--dry-run']\n"
-        "try:\n    runpy.run_module('bench', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "try:\n    runpy.run_module('bench', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
         "heavy = sorted(m for m in ('pandas', 'matplotlib', 'seaborn') if m in sys.modules)\n"
         "print(json.dumps({'code': code, 'heavy': heavy}))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", code, str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result == {"code": 0, "heavy": []}, proc.stderr[-2000:]

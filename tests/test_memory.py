@@ -162,6 +162,26 @@ def test_saved_tensor_bytes_known_answer() -> None:
     del y, z
 
 
+def test_saved_tensor_bytes_is_a_peak_of_live_saved_storages() -> None:
+    """Graphs built and freed one after another (as the implicit backward rebuilds one cell graph per
+    LU step) count as one graph, not as their sum; graphs kept alive together add up."""
+    x = torch.randn(1000, requires_grad=True)
+
+    def one_at_a_time() -> None:
+        for _ in range(3):
+            (x * 2).exp().sum().backward()  # saves exp's 1000-float output, freed by backward
+
+    def all_kept() -> list[torch.Tensor]:
+        return [(x * 2).exp() for _ in range(3)]  # three saved outputs alive together
+
+    _, sequential = saved_tensor_bytes(one_at_a_time)
+    kept, together = saved_tensor_bytes(all_kept)
+    assert sequential == 1000 * F32
+    assert together == 3 * 1000 * F32
+    del kept
+    x.grad = None
+
+
 def test_tensor_hook_allocation_counted_exactly() -> None:
     n = 1000
     x = torch.randn(n, requires_grad=True)

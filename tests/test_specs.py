@@ -39,7 +39,9 @@ def test_normalisation_blanks_irrelevant_keys_and_fills_defaults() -> None:
     assert norm.n_iters == lu_fields["n_iters"]  # default filled in: the CSV shows effective values
     # Spelling out a default is the same run as leaving it out.
     deq_default_tol = {f.name: f.default for f in dataclasses.fields(MODELS["deq"].config_cls)}["tol"]
-    assert RunSpec(task="ct", model="deq").run_id == RunSpec(task="ct", model="deq", tol=deq_default_tol).run_id
+    assert (
+        RunSpec(task="ct", model="deq").run_id == RunSpec(task="ct", model="deq", tol=deq_default_tol).run_id
+    )
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -89,7 +91,10 @@ def test_expansion_cross_product_dedup_and_order() -> None:
         ("[defaults]\ntask='deblur'\nmodel='lu'\nstpes=3", ["'stpes'", "allowed keys", "steps"]),
         ("[defaults]\ntask='deblur'\nmodel='lu'\nsteps='many'", ["'steps'", "expects int", "'many'"]),
         ("[defaults]\ntask='deblur'\nmodel='lu'\nsteps=true", ["'steps'", "expects int"]),
-        ("[defaults]\ntask='deblur'\n[[grid]]\nmodel=[]", ["[[grid]] #1", "'model'", "empty axis"]),
+        (
+            "[defaults]\ntask='deblur'\n[[grid]]\nmodel=[]",
+            ["[[grid]] #1", "'model'", "empty axis", "'luser'"],
+        ),
         ("[defaults]\ntask='deblurr'\nmodel='lu'", ["'task'", "'deblurr'", "deblur", "ct", "mri"]),
         ("[defaults]\ntask='ct'\nmodel='lux'", ["'model'", "'lux'", "luser", "classical"]),
         ("[defaults]\ntask='ct'\nmodel='deq'\nsolver='newton'", ["'solver'", "'newton'", "anderson"]),
@@ -99,6 +104,7 @@ def test_expansion_cross_product_dedup_and_order() -> None:
         ("[grid]\ntask='ct'\nmodel='lu'", ["[[grid]]"]),
         ("[defualts]\ntask='ct'", ["defualts", "allowed"]),
         ("[defaults]\nmodel='lu'", ["missing required key 'task'"]),
+        ("[defaults]\ntask='ct'\nmodel='lu'\nbatch_size=0", ["RunSpec.batch_size must be >= 1"]),
     ],
 )
 def test_invalid_sweeps_raise_sweep_error_naming_the_key(text: str, needles: list[str]) -> None:

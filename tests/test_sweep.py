@@ -1,7 +1,8 @@
 """Sweep robustness: atomic CSV appends, torn lines, kill and resume, injected faults, timeouts, submitit.
 
-Every run of a sweep is a fresh interpreter (about 3-4 s of torch import each), so these tests use
-the tiny learning-free "classical" model and few runs: 11 child processes in all.
+Every run of a sweep is a fresh process (forked from a fork server that imported torch once; the
+server itself, and the "subprocess" start method, cost several seconds of imports), so these tests
+use the tiny learning-free "classical" model and few runs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.launchers import LaunchOptions, SlurmOptions, _Budget, launch_slurm, run_in_fresh_process
+from bench.launchers import (
+    LaunchOptions,
+    SlurmOptions,
+    _Budget,
+    launch_slurm,
+    run_in_fresh_process,
+    visible_gpus,
+)
 from bench.results import COLUMNS, append_row, finished_run_ids, latest_rows, read_rows
-from bench.specs import RunSpec, load_sweep, spec_columns, spec_to_json
+from bench.specs import RunSpec, load_preset, load_sweep, spec_columns, spec_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (
@@ -34,7 +42,13 @@ def _one_thread_children(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _row(run_id: str, status: str = "ok", **kw: object) -> dict[str, object]:
-    row: dict[str, object] = {"run_id": run_id, "status": status, "error": "", "task": "deblur", "model": "lu"}
+    row: dict[str, object] = {
+        "run_id": run_id,
+        "status": status,
+        "error": "",
+        "task": "deblur",
+        "model": "lu",
+    }
     row.update(kw)
     return row
 
@@ -110,10 +124,21 @@ def _write_sweep(path: Path, grid: str) -> Path:
     return path
 
 
-def test_faults_give_status_rows_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_visible_gpus_parses_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 2")
+    assert visible_gpus() == ["0", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
+
+
+def test_faults_give_status_rows_and_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the pool falls back to --workers CPU workers
     sweep = _write_sweep(tmp_path / "faults.toml", 'inject = ["", "nan", "oom", "crash"]')
     out = tmp_path / "out"
-    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    argv = ["sweep", str(sweep), "--out", str(out), "--quiet", "--launcher", "pool", "--workers", "2"]
+    assert cli.main(argv) == 0
     rows = read_rows(out / "runs.csv")
     by_inject = {spec.inject: latest_rows(out / "runs.csv")[spec.run_id] for spec in load_sweep(sweep).specs}
     assert len(rows) == 4
@@ -126,19 +151,26 @@ def test_faults_give_status_rows_and_the_sweep_goes_on(tmp_path: Path) -> None:
     # Re-running skips every finished run; --retry-failed runs the error row again (a new row).
     assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
     assert len(read_rows(out / "runs.csv")) == 4
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet", "--retry-failed"]) == 0
+    rows = read_rows(out / "runs.csv")
+    assert len(rows) == 5 and rows[-1]["run_id"] == crash["run_id"] and rows[-1]["status"] == "error"
 
 
 def test_hang_is_killed_by_run_timeout(tmp_path: Path) -> None:
-    spec = RunSpec(task="deblur", model="classical", image_size=16, n_train=2, n_test=1, inject="hang")
+    spec = RunSpec(
+        task="deblur", model="classical", image_size=16, n_train=2, n_test=1, batch_size=1, inject="hang"
+    )
     t0 = time.monotonic()
-    row = run_in_fresh_process(spec_to_json(spec), str(tmp_path / "runs.csv"), run_timeout_s=6.0)
+    csv = str(tmp_path / "runs.csv")
+    row = run_in_fresh_process(spec_to_json(spec), csv, run_timeout_s=6.0, start="subprocess")
     assert time.monotonic() - t0 < 30
     assert row["status"] == "timeout" and "--run-timeout 6 s" in row["error"]
     assert [r["status"] for r in read_rows(tmp_path / "runs.csv")] == ["timeout"]
 
 
 def test_sigkill_mid_sweep_then_resume_completes_every_run_once(tmp_path: Path) -> None:
-    sweep = _write_sweep(tmp_path / "kill.toml", "seed = [0, 1, 2]")
+    # Runs 2 and 3 time 4000 steps (about 1 s each), so the kill lands while run 2 is going.
+    sweep = _write_sweep(tmp_path / "kill.toml", "seed = 0\n[[grid]]\nseed = [1, 2]\ntimed_steps = 4000")
     out = tmp_path / "out"
     csv = out / "runs.csv"
     cmd = [sys.executable, "-m", "bench", "sweep", str(sweep), "--out", str(out), "--quiet"]
@@ -146,7 +178,7 @@ def test_sigkill_mid_sweep_then_resume_completes_every_run_once(tmp_path: Path) 
     try:
         deadline = time.monotonic() + 120
         while not read_rows(csv) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running child
         proc.wait()
@@ -154,6 +186,8 @@ def test_sigkill_mid_sweep_then_resume_completes_every_run_once(tmp_path: Path) 
     assert 1 <= len(first) < 3
     with open(csv, "a") as f:
         f.write(",".join(["zzz", "ok", ""]))  # and a torn line, as if cut by the kill
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet", "--max-runs", "1"]) == 0
+    assert len(read_rows(csv)) == len(first) + 1  # a chunk of one run
     assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
     rows = read_rows(csv)
     ids = [r["run_id"] for r in rows]
@@ -165,15 +199,36 @@ def test_sigkill_mid_sweep_then_resume_completes_every_run_once(tmp_path: Path) 
 def test_submitit_local_executor_writes_rows(tmp_path: Path) -> None:
     submitit = pytest.importorskip("submitit")
     spec = RunSpec(
-        task="mri", model="classical", image_size=16, n_train=2, n_test=1, batch_size=1, device="cpu", cpu_threads=1
+        task="mri",
+        model="classical",
+        image_size=16,
+        n_train=2,
+        n_test=1,
+        batch_size=1,
+        device="cpu",
+        cpu_threads=1,
     )
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(timeout_min=5)
     csv = tmp_path / "runs.csv"
-    jobs = launch_slurm([spec], str(csv), LaunchOptions(), SlurmOptions(wait=True), executor=executor)
+    opts = LaunchOptions(start="subprocess")  # also covers `python -m bench _run-one` writing its row
+    jobs = launch_slurm([spec], str(csv), opts, SlurmOptions(wait=True), executor=executor)
     assert [j.result() for j in jobs] == ["ok"]
     rows = read_rows(csv)
     assert [r["run_id"] for r in rows] == [spec.run_id] and rows[0]["status"] == "ok"
     assert {k: rows[0][k] for k in ("task", "model")} == {
         k: str(v) for k, v in spec_columns(spec).items() if k in ("task", "model")
     }
+
+
+@pytest.mark.slow
+def test_smoke_preset_runs_every_task_and_model_ok(tmp_path: Path) -> None:
+    """End to end: the smoke preset (17 runs, about 15 s) gives one ok row per run with its metrics."""
+    out = tmp_path / "smoke"
+    assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
+    rows = read_rows(out / "runs.csv")
+    assert len(rows) == len(load_preset("smoke").specs) == len({r["run_id"] for r in rows})
+    assert [r["error"] for r in rows if r["status"] != "ok"] == []
+    assert all(int(r["tracked_peak_bytes"]) > 0 and float(r["psnr_db"]) > 0 for r in rows)
+    deq_rows = [r for r in rows if r["model"] in ("luser", "deq")]
+    assert deq_rows and all(float(r["fwd_iters_mean"]) >= 1 for r in deq_rows)

@@ -15,8 +15,10 @@ from bench.specs import RunSpec
 from bench.tasks import build_task
 from bench.train import (
     Diverged,
+    StepResult,
     TrainConfig,
     batch_indices,
+    check_finite,
     evaluate,
     mse_loss,
     train,
@@ -24,8 +26,26 @@ from bench.train import (
 )
 from models import build_model
 
-TINY = dict(image_size=16, n_train=4, n_test=3, batch_size=2, warmup_steps=1, timed_steps=1, device="cpu")
+TINY = dict(
+    image_size=16,
+    n_train=4,
+    n_test=3,
+    batch_size=2,
+    warmup_steps=1,
+    timed_steps=1,
+    device="cpu",
+    cpu_threads=1,
+)
 TINY_LU = dict(model="lu", n_iters=1, reg_depth=2, reg_width=4, **TINY)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """Tiny ops on a shared 2-core machine: one intra-op thread is far faster than a contended pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_same_seed_gives_same_bytes_and_psnr_and_leaves_global_rng_alone() -> None:
@@ -35,7 +55,15 @@ def test_same_seed_gives_same_bytes_and_psnr_and_leaves_global_rng_alone() -> No
     assert torch.equal(state, torch.random.get_rng_state())  # fork_rng: no global RNG leak
     assert a["status"] == b["status"] == "ok", (a["error"], b["error"])
     assert set(a) == set(COLUMNS)
-    for key in ("tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "psnr_db", "ssim"):
+    for key in (
+        "tracked_peak_bytes",
+        "saved_bytes",
+        "param_bytes",
+        "grad_bytes",
+        "optimizer_bytes",
+        "psnr_db",
+        "ssim",
+    ):
         assert a[key] == b[key], key
     assert a["tracked_peak_bytes"] > a["param_bytes"] > 0
     assert a["grad_bytes"] == a["param_bytes"]  # every LU parameter is trainable
@@ -135,11 +163,32 @@ def test_failures_become_statuses(inject: str, budget: int | None, status: str, 
 def test_bad_config_is_an_error_row_not_an_exception() -> None:
     spec = RunSpec(task="ct", model="classical", model_extra=(("method", "zero_filled"),), **TINY)
     row = run_spec(spec)  # zero-filled needs a complex (MRI) operator
-    assert row["status"] == "error" and row["error"].startswith("ValueError:") and "zero_filled" in row["error"]
+    assert (
+        row["status"] == "error" and row["error"].startswith("ValueError:") and "zero_filled" in row["error"]
+    )
+
+
+def test_check_finite_flags_a_solver_blow_up() -> None:
+    from models.deq import DEQStats
+    from models.solvers import SolverStats
+
+    def stats(residual: float) -> DEQStats:
+        fwd = SolverStats(
+            iters=3, rel_residual=torch.tensor([0.1, residual]), converged=torch.tensor([True, False])
+        )
+        return DEQStats(forward=fwd, backward=None)
+
+    check_finite(StepResult(loss=0.5, stats=[stats(0.2)]), "here")  # finite: no exception
+    with pytest.raises(Diverged, match="equilibrium solve 1 blew up"):
+        check_finite(StepResult(loss=0.5, stats=[stats(0.2), stats(float("nan"))]), "here")
+    with pytest.raises(Diverged, match="non-finite loss inf"):
+        check_finite(StepResult(loss=float("inf")), "here")
 
 
 def test_classical_runs_without_training_and_is_evaluated() -> None:
-    row = run_spec(RunSpec(task="mri", model="classical", steps=5, **TINY))
+    torch.set_num_threads(2)
+    row = run_spec(RunSpec(task="mri", model="classical", steps=5, **TINY))  # cpu_threads=1 in the run
+    assert torch.get_num_threads() == 2  # ... and restored afterwards
     assert row["status"] == "ok", row["error"]
     assert row["params"] == 0 and row["train_s"] is None
     assert row["psnr_db"] > 10 and 0 < row["ssim"] <= 1
