@@ -80,8 +80,10 @@ def measure(only: str | None = None) -> list[dict[str, Any]]:
 def read_baseline(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no memory baseline at {path}: create it with `python -m bench gate --update`")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"no memory baseline at {path}: create it with `python -m bench gate --update`"
+        ) from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err}); expected the gate's baseline format") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("configs"), dict):
@@ -115,7 +117,11 @@ def compare(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any]) -> l
     entries = []
     for r in rows:
         base = configs.get(r["label"])
-        now = int(r["tracked_peak_bytes"]) if r["status"] == "ok" and r["tracked_peak_bytes"] is not None else None
+        now = (
+            int(r["tracked_peak_bytes"])
+            if r["status"] == "ok" and r["tracked_peak_bytes"] is not None
+            else None
+        )
         entries.append(
             GateEntry(
                 run_id=r["run_id"],
@@ -144,23 +150,31 @@ def format_table(entries: Sequence[GateEntry]) -> str:
 
 def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: float) -> tuple[int, str]:
     """(exit code, message): 1 when any configuration regressed, is new or failed."""
-    regressed = [e for e in entries if e.change is not None and e.change > max_increase]
+    regressed = [
+        e for e in entries if e.change is not None and e.now_bytes > e.baseline_bytes * (1 + max_increase)
+    ]
     improved = [e for e in entries if e.change is not None and e.change < -report_decrease]
     missing = [e for e in entries if e.baseline_bytes is None]
     failed = [e for e in entries if e.status != "ok"]
     out = []
     if regressed:
-        out.append(f"FAIL: {len(regressed)} configuration(s) exceed the baseline by more than "
-                   f"{100 * max_increase:.1f} %:")
+        out.append(
+            f"FAIL: {len(regressed)} configuration(s) exceed the baseline by more than "
+            f"{100 * max_increase:.1f} %:"
+        )
         out.append(format_table(regressed))
     if failed:
         out.append("FAIL: run(s) did not finish: " + "; ".join(f"{e.label} ({e.status})" for e in failed))
     if missing:
-        out.append("FAIL: not in the baseline (run `python -m bench gate --update` and commit it): "
-                   + ", ".join(e.label for e in missing))
+        out.append(
+            "FAIL: not in the baseline (run `python -m bench gate --update` and commit it): "
+            + ", ".join(e.label for e in missing)
+        )
     if improved:
-        out.append(f"note: {len(improved)} configuration(s) improved by more than {100 * report_decrease:.0f} %; "
-                   "refresh the baseline with `python -m bench gate --update`:")
+        out.append(
+            f"note: {len(improved)} configuration(s) improved by more than {100 * report_decrease:.0f} %; "
+            "refresh the baseline with `python -m bench gate --update`:"
+        )
         out.append(format_table(improved))
     code = 1 if (regressed or failed or missing) else 0
     if code == 0:
@@ -169,7 +183,9 @@ def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="baseline JSON (default: %(default)s)")
+    p.add_argument(
+        "--baseline", type=Path, default=DEFAULT_BASELINE, help="baseline JSON (default: %(default)s)"
+    )
     p.add_argument("--update", action="store_true", help="measure and overwrite the baseline")
     p.add_argument("--max-increase", type=float, default=0.01, help="allowed relative growth (default 0.01)")
     p.add_argument("--report-decrease", type=float, default=0.05, help="list improvements beyond this (0.05)")

@@ -48,6 +48,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -160,16 +161,56 @@ def _bytes(tensors: Any) -> int:
 # ----------------------------------------------------------------------------- the run
 
 
-def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
-    from bench.envinfo import environment_stamp
-    from bench.memory import measure_step_memory, module_bytes, optimizer_state_bytes
-    from bench.tasks import build_task
-    from bench.timing import time_steps
-    from models import count_params
+@dataclass
+class PreparedRun:
+    """A spec's task, model and optimiser on their device, with one fixed measurement batch.
 
+    Sweeps (`run_spec`), the pytest-benchmark files and the memory gate all measure through this, so
+    their numbers are the same numbers.
+    """
+
+    spec: RunSpec
+    device: torch.device
+    task: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    x: torch.Tensor  # (B, *in_shape) targets
+    y: torch.Tensor  # (B, *out_shape) measurements
+    last: list[StepResult] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        from models import count_params
+
+        return count_params(self.model)
+
+    def step(self) -> StepResult:
+        """One training step on the measurement batch (forward only for models without parameters)."""
+        result = train_step(
+            self.model, self.task.operator, self.x, self.y, self.optimizer, grad_clip=self.spec.grad_clip
+        )
+        check_finite(result, "a measurement step")
+        self.last[:] = [result]
+        return result
+
+    def measure_memory(self) -> Any:
+        """`bench.memory.MemoryReport` of one warm step (run the warm-up steps first)."""
+        from bench.memory import measure_step_memory
+
+        return measure_step_memory(self.step, device=self.device)
+
+    def last_stats(self) -> list[Any]:
+        """The DEQ stats of the last step (empty for feed-forward models)."""
+        return list(self.last[0].stats) if self.last else []
+
+
+def prepare(spec: RunSpec) -> PreparedRun:
+    """Build the task (on the spec's device), the seeded model, Adam, and the measurement batch: the
+    first ``batch_size`` training images with noise seeded by the spec."""
+    from bench.tasks import build_task
+
+    spec = normalise(spec)
     device = resolve_device(spec)
-    stamp = environment_stamp(device)
-    row.update({k: stamp.get(k) for k in _ENV_COLUMNS})
     task = build_task(
         spec.task,
         image_size=spec.image_size,
@@ -179,34 +220,36 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         seed=spec.seed,
         device=device,
     )
-    op = task.operator
-    row["operator_bytes"] = module_bytes(op)
-
-    model = build_model_for(spec, op, device)
-    init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    model = build_model_for(spec, task.operator, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=spec.lr) if params else None
-    row["params"] = count_params(model)
-    row["param_bytes"] = _bytes(model.parameters())
-    row["grad_bytes"] = _bytes(params)
-
-    # One fixed measurement batch.
     if spec.batch_size > len(task.x_train):
         raise ValueError(f"batch_size {spec.batch_size} is larger than n_train {len(task.x_train)}")
     x = task.x_train[: spec.batch_size]  # (B, *in_shape)
     y = task.measure(x, torch.Generator().manual_seed(spec.seed + 2))  # (B, *out_shape)
-    last: list[StepResult] = []
+    return PreparedRun(spec, device, task, model, optimizer, x, y)
 
-    def step() -> StepResult:
-        result = train_step(model, op, x, y, optimizer, grad_clip=spec.grad_clip)
-        check_finite(result, "a measurement step")
-        last[:] = [result]
-        return result
+
+def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
+    from bench.envinfo import environment_stamp
+    from bench.memory import module_bytes, optimizer_state_bytes
+    from bench.timing import time_steps
+
+    stamp = environment_stamp(resolve_device(spec))
+    row.update({k: stamp.get(k) for k in _ENV_COLUMNS})
+    run = prepare(spec)
+    device, task, model, op = run.device, run.task, run.model, run.task.operator
+    row["operator_bytes"] = module_bytes(op)
+    init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    row["params"] = run.params
+    row["param_bytes"] = _bytes(model.parameters())
+    row["grad_bytes"] = _bytes(params)
 
     for _ in range(spec.warmup_steps):
-        step()
-    row["optimizer_bytes"] = optimizer_state_bytes(optimizer) if optimizer is not None else 0
-    mem = measure_step_memory(step, device=device)
+        run.step()
+    row["optimizer_bytes"] = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
+    mem = run.measure_memory()
     row.update(
         tracked_peak_bytes=mem.tracked_peak_bytes,
         saved_bytes=mem.saved_bytes,
@@ -224,14 +267,14 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
                 f" > budget {memory_budget_bytes} bytes"
             )
     if spec.timed_steps > 0:
-        times = time_steps(step, n_warmup=0, n_steps=spec.timed_steps, device=device)
+        times = time_steps(run.step, n_warmup=0, n_steps=spec.timed_steps, device=device)
         row["step_ms_median"] = times.median_ms
         row["step_ms_iqr"] = times.iqr_ms
-    row.update(_summary(last[0].stats if last else []))
+    row.update(_summary(run.last_stats()))
 
     trained = False
     if spec.steps > 0 and params:
-        del optimizer, last
+        run.optimizer = None
         model.load_state_dict(init_state)  # back to the initialisation: measurement steps do not count
         cfg = TrainConfig(
             steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, grad_clip=spec.grad_clip

@@ -34,6 +34,12 @@ def _plant(monkeypatch: pytest.MonkeyPatch, n_floats: int) -> None:
     monkeypatch.setattr(models.lu.LU, "forward", leaky)
 
 
+def _baseline_peak() -> int:
+    configs = gate.read_baseline(BASELINE)["configs"]
+    (peak,) = [c["tracked_peak_bytes"] for label, c in configs.items() if label.startswith(CONFIG)]
+    return peak
+
+
 def test_gate_passes_on_committed_baseline(capsys: pytest.CaptureFixture[str]) -> None:
     assert gate.main(_args()) == 0
     assert "PASS" in capsys.readouterr().out
@@ -41,7 +47,9 @@ def test_gate_passes_on_committed_baseline(capsys: pytest.CaptureFixture[str]) -
 
 def test_gate_fails_on_planted_regression(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     baseline = gate.read_baseline(BASELINE)
-    (peak,) = [c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)]
+    (peak,) = [
+        c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)
+    ]
     # A kept tensor of 2 % of the peak must fail a 1 % gate ...
     _plant(monkeypatch, int(0.02 * peak) // 4)
     assert gate.main(_args()) == 1
@@ -51,7 +59,9 @@ def test_gate_fails_on_planted_regression(monkeypatch: pytest.MonkeyPatch, capsy
 
 def test_gate_tolerates_growth_below_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     baseline = gate.read_baseline(BASELINE)
-    (peak,) = [c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)]
+    (peak,) = [
+        c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)
+    ]
     # ... and one of 0.5 % must pass: the gate measures what it claims, to the byte.
     _plant(monkeypatch, int(0.005 * peak) // 4)
     assert gate.main(_args()) == 0

@@ -20,10 +20,16 @@ from bench.run import prepare
 from bench.specs import RunSpec
 
 ON_GPU = torch.cuda.is_available()
-SIZE = dict(image_size=128, batch_size=8, reg_width=64) if ON_GPU else dict(image_size=32, batch_size=2, reg_width=8)
+SIZE = (
+    dict(image_size=128, batch_size=8, reg_width=64)
+    if ON_GPU
+    else dict(image_size=32, batch_size=2, reg_width=8)
+)
 LU_DEPTH = 17 if ON_GPU else 5
 KS = (1, 5, 10) if ON_GPU else (1, 4)
-DEQ = dict(tol=1e-3, max_iter=25, bwd_tol=1e-3, bwd_max_iter=25) if ON_GPU else dict(max_iter=8, bwd_max_iter=8)
+DEQ = (
+    dict(tol=1e-3, max_iter=25, bwd_tol=1e-3, bwd_max_iter=25) if ON_GPU else dict(max_iter=8, bwd_max_iter=8)
+)
 
 #: (label, model, model keys) for every configuration with an LU depth K.
 K_MODELS = [
@@ -45,7 +51,9 @@ CASES = [
 
 @pytest.mark.parametrize(("task", "model", "keys"), CASES)
 def test_training_step(benchmark, task: str, model: str, keys: dict) -> None:
-    spec = RunSpec(task=task, model=model, n_train=SIZE["batch_size"], n_test=2, warmup_steps=2, **SIZE, **keys)
+    spec = RunSpec(
+        task=task, model=model, n_train=SIZE["batch_size"], n_test=2, warmup_steps=2, **SIZE, **keys
+    )
     if model == "classical":
         spec = dataclasses.replace(spec, reg_width=None)
     run = prepare(spec)
