@@ -20,6 +20,7 @@ Failed runs (``status != ok``) are never dropped: the figures mark them with an 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 # The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
 STRING_COLUMNS: tuple[str, ...] = (
     "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp",
+    "cuda_version", "git_sha", "timestamp", "model_extra",
 )  # fmt: skip
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
@@ -88,8 +89,10 @@ def _int_text(value: object) -> str:
 
 
 def _classical_method(row: Mapping[str, Any]) -> str:
-    """The classical method's name: an extra ``method`` column if present, else ``solver`` (else empty)."""
-    method = str(row.get("method", "") or row.get("solver", "") or "").strip()
+    """The classical method's name: ``method`` in the ``model_extra`` JSON column, else ``solver``."""
+    extra = str(row.get("model_extra", "") or "").strip()
+    method = json.loads(extra).get("method", "") if extra.startswith("{") else ""
+    method = str(method or row.get("solver", "") or "").strip()
     return method.replace("_", "-")
 
 
@@ -1169,7 +1172,8 @@ def plot_headline(
                 lw=0.6,
                 hatch="///" if short else None,
             )
-            text = f"{ratio:.1f}x\n{row['tracked_peak_mib']:,.0f} MiB"
+            mib = row["tracked_peak_mib"]
+            text = f"{ratio:.1f}x\n{mib:,.0f} MiB" if mib >= 100 else f"{ratio:.1f}x\n{mib:.3g} MiB"
             if pd.notna(row["psnr_db"]):
                 text += f"\n{row['psnr_db']:.2f} dB"
                 if role != "plain LU" and pd.notna(lu_psnr):
@@ -1201,8 +1205,9 @@ def plot_headline(
             fontsize=7.5,
             color="firebrick",
         )
-    axes[0, 0].set_ylim(0.5, top * 4)
-    ticks = [t for t in (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= top * 4]
+    y_top = max(top * 4, CLAIMED_RATIO * 2)  # the claimed-ratio line is always in view
+    axes[0, 0].set_ylim(0.5, y_top)
+    ticks = [t for t in (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= y_top]
     axes[0, 0].set_yticks(ticks, [f"{t:g}x" for t in ticks])
     axes[0, 0].yaxis.set_minor_formatter(NullFormatter())
     if equal_k:

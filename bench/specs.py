@@ -484,4 +484,6 @@ def spec_columns(spec: RunSpec) -> dict[str, Any]:
     spec = normalise(spec)
     row: dict[str, Any] = {"run_id": spec.run_id}
     row.update({c: getattr(spec, c) for c in SPEC_COLUMNS})
+    # The model's other config keys (e.g. a classical method, x0), so every row names its configuration.
+    row["model_extra"] = json.dumps(dict(spec.model_extra), sort_keys=True) if spec.model_extra else ""
     return row
