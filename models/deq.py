@@ -163,12 +163,10 @@ def _param_grads(
     return tuple(next(grads) if need else None for need in needs_grad)
 
 
-class IFTFunction(torch.autograd.Function):
-    """``z* = fixed point of f(., *inputs)`` with the implicit-function-theorem gradient.
-
-    ``apply(f, z0, cfg, record, n_inputs, *inputs, *params)``. Saves ``z*`` and the inputs only; the
-    parameters are kept as references (they are alive anyway) and must not be modified in place
-    between forward and backward.
+class _SolveSaveFixedPoint(torch.autograd.Function):
+    """Forward shared by ``IFTFunction`` and ``JFBFunction``: solve without a graph, save ``z*`` and the
+    inputs only. ``apply(f, z0, cfg, record, n_inputs, *inputs, *params)``; the parameters are kept as
+    references (they are alive anyway) and must not be modified in place between forward and backward.
     """
 
     @staticmethod
@@ -183,6 +181,10 @@ class IFTFunction(torch.autograd.Function):
         ctx.save_for_backward(z_star, *inputs)
         return z_star
 
+
+class IFTFunction(_SolveSaveFixedPoint):
+    """``z* = fixed point of f(., *inputs)`` with the implicit-function-theorem gradient."""
+
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
@@ -196,23 +198,11 @@ class IFTFunction(torch.autograd.Function):
         return (None,) * 5 + _param_grads(fz, ins, ctx.params, g, needs_grad)
 
 
-class JFBFunction(torch.autograd.Function):
+class JFBFunction(_SolveSaveFixedPoint):
     """``z*`` with the Jacobian-free gradient: that of ``f(z*, *inputs)`` with ``z*`` held constant.
 
     Same calling convention and the same saved tensors as ``IFTFunction``.
     """
-
-    @staticmethod
-    def forward(
-        ctx: Any, f: CellMap, z0: Tensor, cfg: DEQConfig, record: _Record, n_inputs: int, *tensors: Tensor
-    ) -> Tensor:
-        inputs = tensors[:n_inputs]
-        z_star, stats = _forward_solve(f, z0.detach(), inputs, cfg)
-        record.forward = stats
-        ctx.f, ctx.n_inputs = f, n_inputs
-        ctx.params = tensors[n_inputs:]
-        ctx.save_for_backward(z_star, *inputs)
-        return z_star
 
     @staticmethod
     @once_differentiable
