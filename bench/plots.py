@@ -1,18 +1,9 @@
 """Figures of a luser-bench sweep, drawn from its ``runs.csv`` only.
 
-``python -m bench plot DIR`` reads ``DIR/runs.csv`` and writes PNG and SVG figures into ``DIR/figures/``.
-Only pandas, seaborn and matplotlib (Agg canvas, no pyplot state) are used: no torch, no model is rerun.
-
-The comparison behind the headline figure (also used by :mod:`bench.report`), for one task:
-
-* the **best LU** is the plain-LU run with the highest PSNR;
-* the **matched LUSER** is the LUSER run with the *least* training memory among those at the same K,
-  batch size and image size whose PSNR is at least ``best LU PSNR - psnr_tol_db`` (0.5 dB by default);
-* the **ratio** is ``tracked_peak_bytes(LU) / tracked_peak_bytes(LUSER)``; checkpointed LU and a full
-  DEQ are set against the same LU run.
-
-Without PSNR (profile-only sweeps) the ratio falls back to equal K: the deepest LU against the
-least-memory LUSER at the largest K, batch and image size both were run at; quality is then not matched.
+``python -m bench plot DIR`` reads ``DIR/runs.csv`` (:func:`bench.runtable.load_runs`) and writes PNG and
+SVG figures into ``DIR/figures/``. Only pandas, seaborn and matplotlib (Agg canvas, no pyplot state) are
+used: no torch, no model is rerun. The headline figure draws the 8x comparison of :mod:`bench.compare`
+(the selection rule is described there).
 
 Failed runs (``status != ok``) are never dropped: the figures mark them with an ``x`` and their status.
 """
@@ -20,7 +11,6 @@ Failed runs (``status != ok``) are never dropped: the figures mark them with an 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -43,24 +33,20 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.results import COLUMNS as RUN_COLUMNS
+from bench.compare import (
+    BASIS_EQUAL_K,
+    CLAIMED_RATIO,
+    PSNR_TOL_DB,
+    compare_memory,
+    pareto_front,
+    peak_bytes,
+)
+from bench.runtable import MODEL_ORDER, int_text, load_runs, ordered_tasks, output_dir, setting_label
 
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
-# The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
-STRING_COLUMNS: tuple[str, ...] = (
-    "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
-)  # fmt: skip
-NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
-BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
-
-MIB = 2**20
-PSNR_TOL_DB = 0.5
-CLAIMED_RATIO = 8.0
-TASK_ORDER: tuple[str, ...] = ("deblur", "ct", "mri")
-MODEL_ORDER: tuple[str, ...] = ("lu", "lu_ckpt", "luser", "deq", "classical")
+# Ordering, markers and output formats of the figures
 BACKWARD_ORDER: tuple[str, ...] = ("ift", "ift_hook", "jfb", "phantom", "unrolled")
 MARKERS: dict[str, str] = {"lu": "o", "lu_ckpt": "s", "luser": "^", "deq": "D", "classical": "*"}
 SOLVER_MODELS: tuple[str, ...] = ("luser", "deq")
@@ -75,96 +61,6 @@ _RC: dict[str, Any] = {
     "svg.fonttype": "none",
     "legend.frameon": False,
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading
-def _int_text(value: object) -> str:
-    """``17.0 -> "17"``; missing -> ``"?"``."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return "?"
-    return "?" if math.isnan(number) else f"{number:g}"
-
-
-def _classical_method(row: Mapping[str, Any]) -> str:
-    """The classical method's name: ``method`` in the ``model_extra`` JSON column, else ``solver``."""
-    extra = str(row.get("model_extra", "") or "").strip()
-    method = json.loads(extra).get("method", "") if extra.startswith("{") else ""
-    method = str(method or row.get("solver", "") or "").strip()
-    return method.replace("_", "-")
-
-
-CONFIG_LABELS: dict[str, Callable[[Mapping[str, Any]], str]] = {
-    "lu": lambda r: f"LU D={_int_text(r['reg_depth'])}",
-    "lu_ckpt": lambda r: f"LU-ckpt D={_int_text(r['reg_depth'])}",
-    "luser": lambda r: f"LUSER {_int_text(r['reg_depth'])}-layer {r['backward'] or '?'}",
-    "deq": lambda r: f"DEQ D={_int_text(r['reg_depth'])}" + (f" {r['backward']}" if r["backward"] else ""),
-    "classical": lambda r: f"classical {_classical_method(r)}".strip(),
-}
-
-
-def config_label(row: Mapping[str, Any]) -> str:
-    """A reader-facing name of a run's model configuration, e.g. ``"LUSER 2-layer ift"``, ``"LU D=17"``.
-
-    The name leaves out K, batch, image size and solver settings, which the figures show separately.
-    """
-    label = CONFIG_LABELS.get(str(row["model"]))
-    return label(row) if label else f"{row['model']} D={_int_text(row['reg_depth'])}"
-
-
-def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
-    """Read a sweep's run table: ``DIR/runs.csv`` (or a CSV path), the last row per ``run_id``.
-
-    Re-runs append a new row with the same ``run_id``; the last one wins. Failed runs are kept.
-    Adds ``config`` (see :func:`config_label`), ``setting`` (``"B=8, 128×128"``) and, for every
-    ``*_bytes`` column, a ``*_mib`` column (bytes / 2**20). ``attrs["rows_read"]`` is the raw row count.
-
-    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table or missing columns.
-    """
-    path = Path(dir_or_csv)
-    csv_path = path / "runs.csv" if path.is_dir() else path
-    if not csv_path.is_file():
-        raise FileNotFoundError(
-            f"no run table at {csv_path}: expected DIR/runs.csv or the path of a CSV file"
-        )
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(
-            f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
-        ) from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "
-            f"{len(RUN_COLUMNS)} columns: {', '.join(RUN_COLUMNS)}"
-        )
-    if raw.empty:
-        raise ValueError(f"{csv_path} has a header but no runs")
-    df = raw.drop_duplicates("run_id", keep="last").reset_index(drop=True)
-    for col in df.columns:
-        if col not in NUMERIC_COLUMNS:
-            df[col] = df[col].astype(str).str.strip()
-    df["status"] = df["status"].str.lower()
-    for col in NUMERIC_COLUMNS:
-        df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
-    for col in BYTE_COLUMNS:
-        df[col.removesuffix("_bytes") + "_mib"] = df[col] / MIB
-    records = df.to_dict("records")
-    df["config"] = [config_label(r) for r in records]
-    df["setting"] = [setting_label(r["batch_size"], r["image_size"]) for r in records]
-    df.attrs["rows_read"] = len(raw)
-    df.attrs["source"] = str(csv_path)
-    return df
-
-
-def setting_label(batch_size: object, image_size: object) -> str:
-    """``"B=8, 128×128"``."""
-    n = _int_text(image_size)
-    return f"B={_int_text(batch_size)}, {n}×{n}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,12 +118,6 @@ def make_style(df: pd.DataFrame) -> Style:
         colors[r["config"]] = to_rgb(family[n]) if n < len(family) else tuple(next(extra))  # type: ignore[assignment]
     markers = {r["config"]: MARKERS.get(r["model"], "P") for r in firsts}
     return Style(order=order, colors=colors, markers=markers)
-
-
-def ordered_tasks(tasks: Sequence[str]) -> list[str]:
-    """Known tasks first (deblur, ct, mri), then the rest alphabetically."""
-    unique = set(tasks)
-    return [t for t in TASK_ORDER if t in unique] + sorted(unique - set(TASK_ORDER))
 
 
 def _settings(df: pd.DataFrame) -> list[tuple[float, float]]:
@@ -588,19 +478,7 @@ def plot_step_time_vs_k(df: pd.DataFrame, style: Style | None = None) -> FigureR
 
 
 # --------------------------------------------------------------------------------------------------
-# Figure 3: PSNR against memory with the Pareto front
-def pareto_front(memory: Sequence[float], psnr: Sequence[float]) -> list[int]:
-    """Indices of the points not dominated (no other point has <= memory and > PSNR), by memory."""
-    order = sorted(range(len(memory)), key=lambda i: (memory[i], -psnr[i]))
-    front: list[int] = []
-    best = -math.inf
-    for i in order:
-        if psnr[i] > best:
-            front.append(i)
-            best = psnr[i]
-    return front
-
-
+# Figure 3: PSNR against memory with the Pareto front (bench.compare.pareto_front)
 def plot_psnr_vs_memory(df: pd.DataFrame, style: Style | None = None) -> FigureResult:
     """Figure 3: test PSNR against peak training memory per task; the Pareto front in black."""
     style = style or make_style(df)
@@ -644,7 +522,7 @@ def plot_psnr_vs_memory(df: pd.DataFrame, style: Style | None = None) -> FigureR
                 for r in rows.itertuples():
                     if pd.notna(r.n_iters):
                         ax.annotate(
-                            _int_text(r.n_iters),
+                            int_text(r.n_iters),
                             (r.tracked_peak_mib, r.psnr_db),
                             xytext=(4, 3),
                             textcoords="offset points",
@@ -759,7 +637,7 @@ def _sweep_groups(rows: pd.DataFrame, spec: SweepSpec) -> list[tuple[str, pd.Dat
         if g[spec.param].nunique() < 2:
             continue
         first = g.iloc[0]
-        label = first["config"] + (f", K={_int_text(first['n_iters'])}" if pd.notna(first["n_iters"]) else "")
+        label = first["config"] + (f", K={int_text(first['n_iters'])}" if pd.notna(first["n_iters"]) else "")
         label += f", {spec.other}={_num_text(first[spec.other])}"
         if first["solver"]:
             label += f", {first['solver']}"
@@ -958,180 +836,7 @@ def plot_solver_iterations(df: pd.DataFrame, style: Style | None = None) -> Figu
 
 
 # --------------------------------------------------------------------------------------------------
-# The 8x comparison (figure 6 and the report)
-BASIS_MATCHED = "matched PSNR"
-BASIS_UNMATCHED = "PSNR not matched"
-BASIS_EQUAL_K = "equal K, no PSNR"
-BASIS_NONE = "no comparison"
-
-VERDICT_RULE = (
-    "ratio = tracked peak training memory of the best plain LU (highest PSNR) / that of the least-memory "
-    "LUSER at the same K, batch size and image size whose PSNR is within {tol:g} dB of that LU (or higher). "
-    "**holds**: ratio >= {claim:g} at matched PSNR. **holds partly**: 1 < ratio < {claim:g} at matched PSNR, "
-    "or ratio > 1 without PSNR data (equal K, quality not matched). **does not hold**: ratio <= 1, or every "
-    "LUSER at that setting is more than {tol:g} dB worse in PSNR than the best LU. **not tested**: no LU and "
-    "LUSER runs to compare."
-)
-
-
-def verdict(ratio: float | None, psnr_matched: bool | None, claimed: float = CLAIMED_RATIO) -> str:
-    """The verdict on the claim "LUSER needs ``claimed`` times less training memory than LU".
-
-    ``psnr_matched``: True (a LUSER within the PSNR tolerance exists), False (LUSER is worse by more
-    than the tolerance), None (no PSNR measured: equal-K comparison). See :data:`VERDICT_RULE`.
-    """
-    if ratio is None or not math.isfinite(ratio):
-        return "not tested"
-    if psnr_matched is False or ratio <= 1.0:
-        return "does not hold"
-    if psnr_matched is True and ratio >= claimed:
-        return "holds"
-    return "holds partly"
-
-
-def _mem(row: pd.Series | None) -> float | None:
-    return None if row is None or pd.isna(row["tracked_peak_bytes"]) else float(row["tracked_peak_bytes"])
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The LU / LUSER memory comparison of one task (see the module docstring for the selection rule)."""
-
-    task: str
-    basis: str
-    psnr_tol_db: float = PSNR_TOL_DB
-    lu: pd.Series | None = None
-    luser: pd.Series | None = None
-    lu_ckpt: pd.Series | None = None
-    deq: pd.Series | None = None
-    note: str = ""
-
-    def _ratio(self, num: pd.Series | None, den: pd.Series | None) -> float | None:
-        a, b = _mem(num), _mem(den)
-        return None if a is None or b is None or b <= 0 else a / b
-
-    @property
-    def ratio(self) -> float | None:
-        """Memory of LU / memory of LUSER (tracked peaks)."""
-        return self._ratio(self.lu, self.luser)
-
-    @property
-    def ratio_ckpt(self) -> float | None:
-        """Memory of checkpointed LU / memory of LUSER."""
-        return self._ratio(self.lu_ckpt, self.luser)
-
-    @property
-    def ratio_deq(self) -> float | None:
-        """Memory of LU / memory of the full DEQ."""
-        return self._ratio(self.lu, self.deq)
-
-    @property
-    def psnr_matched(self) -> bool | None:
-        return {BASIS_MATCHED: True, BASIS_UNMATCHED: False}.get(self.basis)
-
-    @property
-    def verdict(self) -> str:
-        return verdict(self.ratio, self.psnr_matched) if self.basis != BASIS_NONE else "not tested"
-
-
-def _first(rows: pd.DataFrame, by: list[str], ascending: list[bool]) -> pd.Series | None:
-    if rows.empty:
-        return None
-    return rows.sort_values(by + ["run_id"], ascending=ascending + [True], na_position="last").iloc[0]
-
-
-def _same(rows: pd.DataFrame, ref: pd.Series, cols: Sequence[str]) -> pd.DataFrame:
-    mask = pd.Series(True, index=rows.index)
-    for col in cols:
-        mask &= rows[col].isna() if pd.isna(ref[col]) else rows[col] == ref[col]
-    return rows[mask]
-
-
-def _pick_matched(rows: pd.DataFrame, target_db: float, tol_db: float) -> pd.Series | None:
-    """The run with the least memory within ``tol_db`` of ``target_db`` (ties: higher PSNR); else the highest
-    PSNR; else the least memory."""
-    scored = rows[rows["psnr_db"].notna()]
-    within = scored[scored["psnr_db"] >= target_db - tol_db]
-    if not within.empty:
-        return _first(within, ["tracked_peak_bytes", "psnr_db"], [True, False])
-    if not scored.empty:
-        return _first(scored, ["psnr_db", "tracked_peak_bytes"], [False, True])
-    return _first(rows, ["tracked_peak_bytes"], [True])
-
-
-def _pick_ckpt(rows: pd.DataFrame, lu: pd.Series) -> pd.Series | None:
-    same_depth = rows[rows["reg_depth"] == lu["reg_depth"]]
-    return _first(
-        same_depth if not same_depth.empty else rows, ["psnr_db", "tracked_peak_bytes"], [False, True]
-    )
-
-
-def compare_task(df: pd.DataFrame, task: str, psnr_tol_db: float = PSNR_TOL_DB) -> Comparison:
-    """The LU / LUSER (and LU-ckpt, DEQ) memory comparison of ``task``; see the module docstring."""
-    runs = df[(df["task"] == task) & (df["status"] == "ok") & df["tracked_peak_bytes"].notna()]
-    by_model = {m: runs[runs["model"] == m] for m in MODEL_ORDER}
-    setting = ["n_iters", "batch_size", "image_size"]
-    lu_q = by_model["lu"][by_model["lu"]["psnr_db"].notna()]
-    luser_q = by_model["luser"][by_model["luser"]["psnr_db"].notna()]
-    if not lu_q.empty and not luser_q.empty:
-        lu = lu_q.sort_values(
-            ["psnr_db", "tracked_peak_bytes", "run_id"], ascending=[False, True, True]
-        ).iloc[0]
-        candidates = _same(luser_q, lu, setting)
-        if candidates.empty:
-            return Comparison(
-                task,
-                BASIS_NONE,
-                psnr_tol_db,
-                lu=lu,
-                note=f"no LUSER quality run at K={_int_text(lu['n_iters'])}, {lu['setting']}",
-            )
-        luser = _pick_matched(candidates, float(lu["psnr_db"]), psnr_tol_db)
-        matched = luser is not None and luser["psnr_db"] >= lu["psnr_db"] - psnr_tol_db
-        deq = _pick_matched(_same(by_model["deq"], lu, setting[1:]), float(lu["psnr_db"]), psnr_tol_db)
-        return Comparison(
-            task,
-            BASIS_MATCHED if matched else BASIS_UNMATCHED,
-            psnr_tol_db,
-            lu=lu,
-            luser=luser,
-            lu_ckpt=_pick_ckpt(_same(by_model["lu_ckpt"], lu, setting), lu),
-            deq=deq,
-        )
-    # no PSNR for one side: equal K, the largest K / batch / image size both were run at
-    combos = set(map(tuple, by_model["lu"][setting].dropna().to_numpy().tolist()))
-    combos &= set(map(tuple, by_model["luser"][setting].dropna().to_numpy().tolist()))
-    if not combos:
-        return Comparison(
-            task, BASIS_NONE, psnr_tol_db, note="no LU and LUSER runs at a common K and setting"
-        )
-    k, b, n = max(combos)
-    ref = pd.Series({"n_iters": k, "batch_size": b, "image_size": n})
-    lu = _first(_same(by_model["lu"], ref, setting), ["reg_depth", "tracked_peak_bytes"], [False, True])
-    luser = _first(_same(by_model["luser"], ref, setting), ["tracked_peak_bytes"], [True])
-    if lu is None or luser is None:  # cannot happen: the combination was taken from both
-        return Comparison(
-            task, BASIS_NONE, psnr_tol_db, note="no LU and LUSER runs at a common K and setting"
-        )
-    deq = _first(_same(by_model["deq"], ref, setting[1:]), ["tracked_peak_bytes"], [True])
-    return Comparison(
-        task,
-        BASIS_EQUAL_K,
-        psnr_tol_db,
-        lu=lu,
-        luser=luser,
-        lu_ckpt=_pick_ckpt(_same(by_model["lu_ckpt"], lu, setting), lu),
-        deq=deq,
-        note="no PSNR for LU and LUSER: memory at equal K, quality not matched",
-    )
-
-
-def compare_memory(df: pd.DataFrame, psnr_tol_db: float = PSNR_TOL_DB) -> list[Comparison]:
-    """:func:`compare_task` for every task that has LU or LUSER runs, in task order."""
-    tasks = ordered_tasks(df[df["model"].isin(["lu", "luser"])]["task"])
-    return [compare_task(df, task, psnr_tol_db) for task in tasks]
-
-
+# Figure 6: the 8x comparison (bench.compare)
 def plot_headline(
     df: pd.DataFrame, style: Style | None = None, psnr_tol_db: float = PSNR_TOL_DB
 ) -> FigureResult:
@@ -1157,9 +862,9 @@ def plot_headline(
         lu = comp.lu
         if lu is None:  # filtered out above
             continue
-        lu_mem, lu_psnr = _mem(lu), lu["psnr_db"]
+        lu_mem, lu_psnr = peak_bytes(lu), lu["psnr_db"]
         for x, (role, row) in enumerate(bars):
-            ratio = lu_mem / _mem(row)  # type: ignore[operator]
+            ratio = lu_mem / peak_bytes(row)  # type: ignore[operator]
             top = max(top, ratio)
             short = pd.notna(lu_psnr) and pd.notna(row["psnr_db"]) and row["psnr_db"] < lu_psnr - psnr_tol_db
             any_short |= bool(short)
@@ -1190,7 +895,7 @@ def plot_headline(
         ax.set_xticks(range(len(bars)), [f"{role}\n{row['config']}" for role, row in bars], fontsize=7.5)
         ax.axhline(CLAIMED_RATIO, color="firebrick", ls="--", lw=1.2)
         ax.axhline(1.0, color="0.2", lw=0.8)
-        k_text = f"K={_int_text(lu['n_iters'])}, {lu['setting']}"
+        k_text = f"K={int_text(lu['n_iters'])}, {lu['setting']}"
         ax.set_title(f"{comp.task}: {comp.verdict.upper()}\n{comp.basis}; {k_text}", fontsize=9.5)
         if j == 0:
             ax.set_ylabel("memory of plain LU / memory of the method\n(log scale; higher = less memory)")
@@ -1290,12 +995,6 @@ def make_figures(
                 result.paths = save_figure(result.figure, Path(out_dir), name)
             results.append(result)
     return results
-
-
-def output_dir(dir_or_csv: str | Path) -> Path:
-    """The sweep directory: ``DIR`` itself, or the folder of a CSV path."""
-    path = Path(dir_or_csv)
-    return path if path.is_dir() else path.parent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 The report is built from ``DIR/runs.csv`` only (pandas, no torch). It first regenerates the figures
 (:func:`bench.plots.make_figures`) and links them relatively (``figures/*.png``), then gives the 8x check
-per task (LU against LUSER at matched PSNR, the same against checkpointed LU and a full DEQ), the verdict
-with its rule, the failed runs, the environment and the caveats.
+per task (:mod:`bench.compare`: LU against LUSER at matched PSNR, the same against checkpointed LU and a
+full DEQ), the verdict with its rule, the failed runs, the environment and the caveats.
 
 The output is deterministic: the same CSV gives a byte-identical ``report.md`` (tables are sorted, no clock
 is read; the only times are the CSV's own timestamps).
@@ -20,19 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.plots import (
-    BASIS_EQUAL_K,
-    CLAIMED_RATIO,
-    PSNR_TOL_DB,
-    VERDICT_RULE,
-    Comparison,
-    FigureResult,
-    compare_memory,
-    load_runs,
-    make_figures,
-    ordered_tasks,
-    output_dir,
-)
+from bench.compare import BASIS_EQUAL_K, CLAIMED_RATIO, PSNR_TOL_DB, VERDICT_RULE, Comparison, compare_memory
+from bench.plots import FigureResult, make_figures
+from bench.runtable import load_runs, ordered_tasks, output_dir
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from matplotlib.text import Text
 
-from bench import plots, report
+from bench import compare, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 EXPECTED_FAILED = {
@@ -44,7 +44,7 @@ def _write_csv(path: Path, rows: list[dict[str, str]], columns: list[str]) -> No
 
 @pytest.fixture(scope="module")
 def runs():
-    return plots.load_runs(FIXTURE)
+    return runtable.load_runs(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -91,27 +91,28 @@ def test_load_runs_keeps_last_rerun_and_derives_columns(runs) -> None:
 
 def test_missing_columns_raise_naming_them(tmp_path: Path) -> None:
     rows = list(_raw_rows().values())[:5]
-    columns = [c for c in plots.RUN_COLUMNS if c not in ("psnr_db", "ssim")]
+    columns = [c for c in runtable.RUN_COLUMNS if c not in ("psnr_db", "ssim")]
     _write_csv(tmp_path / "runs.csv", rows, columns)
     with pytest.raises(ValueError, match=r"lacks required column\(s\): psnr_db, ssim"):
-        plots.load_runs(tmp_path)
+        runtable.load_runs(tmp_path)
 
 
 def test_empty_tables_raise_clear_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "runs.csv").write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        plots.load_runs(tmp_path)
+        runtable.load_runs(tmp_path)
     assert plots.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 2
     assert "is empty" in capsys.readouterr().err
-    (tmp_path / "runs.csv").write_text(",".join(plots.RUN_COLUMNS) + "\n")
+    (tmp_path / "runs.csv").write_text(",".join(runtable.RUN_COLUMNS) + "\n")
     with pytest.raises(ValueError, match="header but no runs"):
-        plots.load_runs(tmp_path)
+        runtable.load_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run table"):
-        plots.load_runs(tmp_path / "nowhere")
+        runtable.load_runs(tmp_path / "nowhere")
 
 
-def test_importing_plots_and_report_does_not_import_torch() -> None:
-    code = "import sys, bench.plots, bench.report; print('torch' in sys.modules)"
+def _imported_after(modules: str, probe: str) -> bool:
+    """Whether ``probe`` is in ``sys.modules`` of a fresh interpreter after importing ``modules``."""
+    code = f"import sys, {modules}; print({probe!r} in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -119,7 +120,14 @@ def test_importing_plots_and_report_does_not_import_torch() -> None:
         check=True,
         cwd=Path(__file__).parents[1],
     )
-    assert out.stdout.strip() == "False"
+    return out.stdout.strip() == "True"
+
+
+def test_importing_runtable_compare_plots_and_report_does_not_import_torch() -> None:
+    assert not _imported_after("bench.runtable, bench.compare, bench.plots, bench.report", "torch")
+    # the run table and the 8x check are pure analysis: no matplotlib either
+    assert not _imported_after("bench.runtable, bench.compare", "matplotlib")
+    assert _imported_after("bench.plots", "matplotlib")  # the probe does see an imported module
 
 
 # -- the comparison and the verdict ------------------------------------------------------------------
@@ -133,7 +141,7 @@ def test_ratio_equals_hand_computed_value(runs, built) -> None:
     ckpt = raw["deblur.quality.lu_ckpt-d17-k10"]
     by_hand = int(lu["tracked_peak_bytes"]) / int(luser["tracked_peak_bytes"])
     by_hand_ckpt = int(ckpt["tracked_peak_bytes"]) / int(luser["tracked_peak_bytes"])
-    comp = {c.task: c for c in plots.compare_memory(runs)}["deblur"]
+    comp = {c.task: c for c in compare.compare_memory(runs)}["deblur"]
     assert comp.lu["run_id"] == lu["run_id"] and comp.luser["run_id"] == luser["run_id"]
     assert comp.ratio == pytest.approx(by_hand, rel=1e-12)
     assert comp.ratio_ckpt == pytest.approx(by_hand_ckpt, rel=1e-12)
@@ -148,15 +156,15 @@ def test_ratio_equals_hand_computed_value(runs, built) -> None:
 
 
 def test_fixture_tasks_get_the_expected_verdicts(runs) -> None:
-    comps = {c.task: c for c in plots.compare_memory(runs, psnr_tol_db=0.5)}
+    comps = {c.task: c for c in compare.compare_memory(runs, psnr_tol_db=0.5)}
     assert {t: c.verdict for t, c in comps.items()} == {
         "deblur": "holds", "ct": "holds partly", "mri": "does not hold",
     }  # fmt: skip
     assert comps["ct"].luser["config"] == "LUSER 2-layer ift"  # jfb is 0.93 dB worse: not matched
     assert 1 < comps["ct"].ratio < 8
-    assert comps["mri"].basis == plots.BASIS_UNMATCHED
+    assert comps["mri"].basis == compare.BASIS_UNMATCHED
     # a looser tolerance admits mri's LUSER (0.83 dB worse) and ct's jfb, changing the verdicts
-    loose = {c.task: c.verdict for c in plots.compare_memory(runs, psnr_tol_db=1.0)}
+    loose = {c.task: c.verdict for c in compare.compare_memory(runs, psnr_tol_db=1.0)}
     assert loose == {"deblur": "holds", "ct": "holds", "mri": "holds partly"}
 
 
@@ -176,27 +184,27 @@ def test_fixture_tasks_get_the_expected_verdicts(runs) -> None:
     ],
 )
 def test_verdict_rule(ratio: float | None, matched: bool | None, expected: str) -> None:
-    assert plots.verdict(ratio, matched) == expected
+    assert compare.verdict(ratio, matched) == expected
 
 
 def test_pareto_front_known_answer() -> None:
     memory = [300.0, 100.0, 200.0, 400.0, 150.0]
     psnr = [31.0, 29.0, 30.5, 31.0, 28.0]
-    assert plots.pareto_front(memory, psnr) == [1, 2, 0]
+    assert compare.pareto_front(memory, psnr) == [1, 2, 0]
 
 
 def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
     rows = [r for r in _raw_rows().values() if r["task"] == "deblur" and r["part"] == "profile"]
     for r in rows:
         r["psnr_db"] = r["ssim"] = ""
-    _write_csv(tmp_path / "runs.csv", rows, list(plots.RUN_COLUMNS))
+    _write_csv(tmp_path / "runs.csv", rows, list(runtable.RUN_COLUMNS))
     assert plots.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
     figures = tmp_path / "figures"
     assert (figures / "headline_ratio.png").is_file() and (figures / "memory_vs_k.svg").is_file()
     assert not (figures / "psnr_vs_memory.png").exists()  # skipped: no quality runs
     assert not (figures / "deq_tolerance.png").exists()
-    comp = plots.compare_memory(plots.load_runs(tmp_path))[0]
-    assert comp.basis == plots.BASIS_EQUAL_K and comp.verdict == "holds partly"
+    comp = compare.compare_memory(runtable.load_runs(tmp_path))[0]
+    assert comp.basis == compare.BASIS_EQUAL_K and comp.verdict == "holds partly"
     raw = _raw_rows()
     lu, luser = (
         raw["deblur.profile.lu-d17-k10"],

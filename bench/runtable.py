@@ -1,0 +1,133 @@
+"""The run table of a sweep: reading ``runs.csv`` and naming its runs (pandas only, no torch).
+
+:func:`load_runs` reads ``DIR/runs.csv`` (the run row of ARCHITECTURE.md), keeps the last row per
+``run_id`` and adds the reader-facing columns the figures and the report use: ``config``
+(:func:`config_label`, e.g. ``"LUSER 2-layer ift"``), ``setting`` (:func:`setting_label`) and ``*_mib``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.results import COLUMNS as RUN_COLUMNS
+
+# --------------------------------------------------------------------------------------------------
+# The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
+STRING_COLUMNS: tuple[str, ...] = (
+    "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
+    "cuda_version", "git_sha", "timestamp", "model_extra",
+)  # fmt: skip
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
+BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
+
+MIB = 2**20
+TASK_ORDER: tuple[str, ...] = ("deblur", "ct", "mri")
+MODEL_ORDER: tuple[str, ...] = ("lu", "lu_ckpt", "luser", "deq", "classical")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+def int_text(value: object) -> str:
+    """``17.0 -> "17"``; missing -> ``"?"``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "?"
+    return "?" if math.isnan(number) else f"{number:g}"
+
+
+def _classical_method(row: Mapping[str, Any]) -> str:
+    """The classical method's name: ``method`` in the ``model_extra`` JSON column, else ``solver``."""
+    extra = str(row.get("model_extra", "") or "").strip()
+    method = json.loads(extra).get("method", "") if extra.startswith("{") else ""
+    method = str(method or row.get("solver", "") or "").strip()
+    return method.replace("_", "-")
+
+
+CONFIG_LABELS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "lu": lambda r: f"LU D={int_text(r['reg_depth'])}",
+    "lu_ckpt": lambda r: f"LU-ckpt D={int_text(r['reg_depth'])}",
+    "luser": lambda r: f"LUSER {int_text(r['reg_depth'])}-layer {r['backward'] or '?'}",
+    "deq": lambda r: f"DEQ D={int_text(r['reg_depth'])}" + (f" {r['backward']}" if r["backward"] else ""),
+    "classical": lambda r: f"classical {_classical_method(r)}".strip(),
+}
+
+
+def config_label(row: Mapping[str, Any]) -> str:
+    """A reader-facing name of a run's model configuration, e.g. ``"LUSER 2-layer ift"``, ``"LU D=17"``.
+
+    The name leaves out K, batch, image size and solver settings, which the figures show separately.
+    """
+    label = CONFIG_LABELS.get(str(row["model"]))
+    return label(row) if label else f"{row['model']} D={int_text(row['reg_depth'])}"
+
+
+def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
+    """Read a sweep's run table: ``DIR/runs.csv`` (or a CSV path), the last row per ``run_id``.
+
+    Re-runs append a new row with the same ``run_id``; the last one wins. Failed runs are kept.
+    Adds ``config`` (see :func:`config_label`), ``setting`` (``"B=8, 128×128"``) and, for every
+    ``*_bytes`` column, a ``*_mib`` column (bytes / 2**20). ``attrs["rows_read"]`` is the raw row count.
+
+    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table or missing columns.
+    """
+    path = Path(dir_or_csv)
+    csv_path = path / "runs.csv" if path.is_dir() else path
+    if not csv_path.is_file():
+        raise FileNotFoundError(
+            f"no run table at {csv_path}: expected DIR/runs.csv or the path of a CSV file"
+        )
+    try:
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
+        ) from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ValueError(
+            f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "
+            f"{len(RUN_COLUMNS)} columns: {', '.join(RUN_COLUMNS)}"
+        )
+    if raw.empty:
+        raise ValueError(f"{csv_path} has a header but no runs")
+    df = raw.drop_duplicates("run_id", keep="last").reset_index(drop=True)
+    for col in df.columns:
+        if col not in NUMERIC_COLUMNS:
+            df[col] = df[col].astype(str).str.strip()
+    df["status"] = df["status"].str.lower()
+    for col in NUMERIC_COLUMNS:
+        df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
+    for col in BYTE_COLUMNS:
+        df[col.removesuffix("_bytes") + "_mib"] = df[col] / MIB
+    records = df.to_dict("records")
+    df["config"] = [config_label(r) for r in records]
+    df["setting"] = [setting_label(r["batch_size"], r["image_size"]) for r in records]
+    df.attrs["rows_read"] = len(raw)
+    df.attrs["source"] = str(csv_path)
+    return df
+
+
+def setting_label(batch_size: object, image_size: object) -> str:
+    """``"B=8, 128×128"``."""
+    n = int_text(image_size)
+    return f"B={int_text(batch_size)}, {n}×{n}"
+
+
+def ordered_tasks(tasks: Sequence[str]) -> list[str]:
+    """Known tasks first (deblur, ct, mri), then the rest alphabetically."""
+    unique = set(tasks)
+    return [t for t in TASK_ORDER if t in unique] + sorted(unique - set(TASK_ORDER))
+
+
+def output_dir(dir_or_csv: str | Path) -> Path:
+    """The sweep directory: ``DIR`` itself, or the folder of a CSV path."""
+    path = Path(dir_or_csv)
+    return path if path.is_dir() else path.parent
