@@ -223,6 +223,11 @@ def _config_handles(style: Style, configs: Sequence[str]) -> list[Any]:
     ]
 
 
+def _corner_note(ax: Axes, text: str, *, y: float, color: str) -> None:
+    """A small note in the lower right corner of an axis."""
+    ax.text(0.98, y, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color=color)
+
+
 def _empty_axis(ax: Axes, text: str) -> None:
     ax.text(
         0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", fontsize=9, wrap=True
@@ -429,16 +434,7 @@ def _plot_vs_k(df: pd.DataFrame, style: Style, spec: KFigureSpec) -> FigureResul
             marks, unplaced = _mark_failed(ax, fails, style, "n_iters")
             result.failed += marks
             if unplaced:
-                ax.text(
-                    0.98,
-                    0.03,
-                    "failed, no K:\n" + "\n".join(unplaced),
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="bottom",
-                    fontsize=7.5,
-                    color="firebrick",
-                )
+                _corner_note(ax, "failed, no K:\n" + "\n".join(unplaced), y=0.03, color="firebrick")
             ax.set_xticks(all_k)
             ax.set_xlabel("K (unrolled iterations)")
             if j == 0:
@@ -555,16 +551,7 @@ def plot_psnr_vs_memory(df: pd.DataFrame, style: Style | None = None) -> FigureR
                 else:
                     below.append(f"{r.config}: {r.psnr_db:.1f} dB")
             if below:
-                ax.text(
-                    0.98,
-                    0.02,
-                    "below the axis (no training):\n" + "\n".join(below),
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="bottom",
-                    fontsize=7.5,
-                    color="0.3",
-                )
+                _corner_note(ax, "below the axis (no training):\n" + "\n".join(below), y=0.02, color="0.3")
             marks, unplaced = _mark_failed(ax, fails, style, "tracked_peak_mib", at_top=False)
             result.failed += marks
             notes += [f"Failed quality run without a memory value: {task} {u}." for u in unplaced]
