@@ -39,37 +39,22 @@ CASES: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def deblur_batch() -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """The deblurring task on CUDA, a batch of targets x (B, 1, H, W) and measurements y."""
-    from bench.tasks import build_task
+def _warm_step_memory(model_name: str, cfg: dict[str, Any], device: str = "cuda") -> Any:
+    """MemoryReport of a warm training step, built by the harness's own `prepare` (two warm-up steps
+    first: cuDNN set-up, Adam state)."""
+    from bench.run import prepare
+    from bench.specs import RunSpec
 
-    task = build_task("deblur", image_size=IMAGE_SIZE, n_train=BATCH, n_test=1, device="cuda")
-    x = task.x_train[:BATCH]  # (B, 1, H, W)
-    y = task.measure(x, torch.Generator().manual_seed(1))  # (B, 1, H, W)
-    return task, x, y
-
-
-def _warm_step_memory(
-    model_name: str, cfg: dict[str, Any], task: Any, x: torch.Tensor, y: torch.Tensor
-) -> Any:
-    """MemoryReport of a warm training step (two warm-up steps first: cuDNN set-up, Adam state)."""
-    from bench.memory import measure_step_memory
-    from bench.train import train_step
-    from models import build_model
-
-    torch.cuda.empty_cache()  # every K starts from the same allocator state
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(model_name, task.operator, reg_width=WIDTH, **cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        train_step(model, task.operator, x, y, optimizer)
-
+    if device == "cuda":
+        torch.cuda.empty_cache()  # every K starts from the same allocator state
+    spec = RunSpec(
+        task="deblur", model=model_name, batch_size=BATCH, image_size=IMAGE_SIZE, n_train=BATCH, n_test=1,
+        reg_width=WIDTH, device=device, **cfg,
+    )  # fmt: skip
+    run = prepare(spec)
     for _ in range(2):
-        step()
-    return measure_step_memory(step, device=x.device, measure_saved=False)
+        run.step()
+    return run.measure_memory()
 
 
 def _slope(ks: tuple[int, ...], values: list[int]) -> float:
@@ -81,12 +66,9 @@ def _slope(ks: tuple[int, ...], values: list[int]) -> float:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_tracked_peak_slope_matches_cuda_peak(
-    case: str, deblur_batch: tuple[Any, torch.Tensor, torch.Tensor]
-) -> None:
-    task, x, y = deblur_batch
+def test_tracked_peak_slope_matches_cuda_peak(case: str) -> None:
     model_name, cfg_of_k = CASES[case]
-    reports = [_warm_step_memory(model_name, cfg_of_k(k), task, x, y) for k in KS]
+    reports = [_warm_step_memory(model_name, cfg_of_k(k)) for k in KS]
     tracked = [r.tracked_peak_bytes for r in reports]
     cuda = [r.cuda_peak_bytes for r in reports]
     assert all(c is not None for c in cuda)
