@@ -385,7 +385,7 @@ def test_nvml_info_never_raises() -> None:
 
 
 def test_nvml_info_unavailable_when_init_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    pynvml = pytest.importorskip("pynvml")
+    import pynvml  # nvidia-ml-py is a runtime dependency: a missing install must fail, not skip
 
     def fail() -> None:
         raise pynvml.NVMLError_LibraryNotFound()

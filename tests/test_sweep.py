@@ -197,7 +197,7 @@ def test_sigkill_mid_sweep_then_resume_completes_every_run_once(tmp_path: Path) 
 
 
 def test_submitit_local_executor_writes_rows(tmp_path: Path) -> None:
-    submitit = pytest.importorskip("submitit")
+    import submitit  # a runtime dependency: a missing install must fail, not skip
     spec = RunSpec(
         task="mri",
         model="classical",
