@@ -30,6 +30,7 @@ The residuals are always computed without a graph.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,40 +70,65 @@ class SolverStats:
         return not bool(torch.isfinite(self.rel_residual).all())
 
 
-def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
-    """Per-sample relative residual ``||fz - z|| / (||fz|| + RESIDUAL_EPS)``; ``(B, ...) -> (B,)``."""
+def relative_residual(fz: Tensor, z: Tensor, diff: Tensor | None = None) -> Tensor:
+    """Per-sample relative residual ``||fz - z|| / (||fz|| + RESIDUAL_EPS)``; ``(B, ...) -> (B,)``.
+
+    ``diff``, if given, must be ``fz - z`` (solvers that need it anyway pass it to save a subtraction).
+    """
     with torch.no_grad():
         fz_flat = fz.reshape(fz.shape[0], -1)  # (B, n)
-        z_flat = z.reshape(z.shape[0], -1)  # (B, n)
-        diff = torch.linalg.vector_norm(fz_flat - z_flat, dim=1)
-        return diff / (torch.linalg.vector_norm(fz_flat, dim=1) + RESIDUAL_EPS)
+        diff_flat = (fz_flat - z.reshape(z.shape[0], -1)) if diff is None else diff.reshape(fz_flat.shape)
+        num = torch.linalg.vector_norm(diff_flat, dim=1)
+        return num / (torch.linalg.vector_norm(fz_flat, dim=1) + RESIDUAL_EPS)
 
 
 # --- the shared loop ---------------------------------------------------------------------------------
 
 
 class _Tracker:
-    """Per-sample bookkeeping of the shared loop: residuals, converged / frozen flags, the trace."""
+    """Per-sample bookkeeping of the shared loop: residuals, converged / frozen flags, the trace.
+
+    The flags live on the host: each ``update`` reads the batch's residuals back once (the one
+    device-to-host transfer of an iteration, needed anyway to decide whether to stop) and decides
+    convergence there, so the loop launches no extra kernels for its bookkeeping. ``frozen`` is the
+    device mask of frozen samples, ``None`` while no sample is frozen (the common case: no masking work).
+    """
 
     def __init__(self, batch: int, tol: float, device: torch.device, dtype: torch.dtype):
-        self.tol = tol
-        self.res = torch.full((batch,), float("inf"), device=device, dtype=dtype)  # (B,)
-        self.converged = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,) converged or failed
+        self.tol, self.device, self.dtype = tol, device, dtype
+        self.res = [float("inf")] * batch
+        self.converged = [False] * batch
+        self.done = [False] * batch  # converged or failed (non-finite residual)
         self.trace: list[float] = []
+        self.frozen: Tensor | None = None  # (B,) bool on device, once a sample is frozen
 
-    def update(self, fz: Tensor, z: Tensor) -> bool:
-        """Record the residual of the active samples at ``z``; return whether every sample is frozen."""
-        res_now = relative_residual(fz, z).to(self.res.dtype)  # (B,)
-        self.res = torch.where(self.done, self.res, res_now)
-        self.converged = self.converged | (~self.done & (res_now <= self.tol))
-        self.done = self.converged | ~torch.isfinite(self.res)
-        worst, all_done = torch.stack([self.res.max(), self.done.all().to(self.res.dtype)]).tolist()
-        self.trace.append(worst)
-        return bool(all_done)
+    def update(self, fz: Tensor, z: Tensor, diff: Tensor | None = None) -> bool:
+        """Record the residual of the active samples at ``z`` (``diff = fz - z`` if the caller has it);
+        return whether every sample is frozen."""
+        res_now = relative_residual(fz, z, diff).tolist()
+        newly_frozen = False
+        for b, r in enumerate(res_now):
+            if self.done[b]:
+                continue
+            self.res[b] = r
+            self.converged[b] = r <= self.tol
+            self.done[b] = self.converged[b] or not math.isfinite(r)
+            newly_frozen |= self.done[b]
+        if newly_frozen:
+            self.frozen = torch.tensor(self.done, device=self.device)
+        self.trace.append(math.nan if any(math.isnan(r) for r in self.res) else max(self.res))
+        return all(self.done)
 
     def stats(self) -> SolverStats:
-        return SolverStats(len(self.trace), self.res, self.converged, self.trace)
+        res = torch.tensor(self.res, dtype=self.dtype, device=self.device)
+        converged = torch.tensor(self.converged, dtype=torch.bool, device=self.device)
+        return SolverStats(len(self.trace), res, converged, self.trace)
+
+    def keep_frozen(self, x: Tensor, x_new: Tensor) -> Tensor:
+        """``x_new`` for active samples, ``x`` for frozen ones (rows of ``(B, ...)`` tensors)."""
+        if self.frozen is None:
+            return x_new
+        return torch.where(self.frozen.view(-1, *[1] * (x.ndim - 1)), x, x_new)
 
 
 def _check_args(f: Any, z0: Any, tol: float, max_iter: int) -> None:
@@ -168,7 +194,7 @@ def fixed_point(
         if track.update(fx, x) or k == max_iter:
             break
         x_new = fx if damping == 1.0 else (1 - damping) * x + damping * fx
-        x = torch.where(track.done[:, None], x, x_new)
+        x = track.keep_frozen(x, x_new)
     return _result(x, z0), track.stats()
 
 
@@ -191,9 +217,13 @@ def anderson(
 
     through its bordered ``(n + 1) x (n + 1)`` system ``[[0, 1^T], [1, G G^T + lam s I]] [mu; alpha] =
     [1; 0]`` (``torch.linalg.solve_ex``, batched), then steps to
-    ``x = beta sum_i alpha_i f_i + (1 - beta) sum_i alpha_i x_i``. With one history entry this is a
-    damped fixed-point step, so no separate warm-up is needed. A sample whose system cannot be solved
-    falls back to that plain step. History: two ``(B, m, n)`` buffers.
+    ``x = beta sum_i alpha_i f_i + (1 - beta) sum_i alpha_i x_i = sum_i alpha_i f_i - (1 - beta)
+    sum_i alpha_i g_i``. With one history entry this is a damped fixed-point step, so no separate
+    warm-up is needed. A sample whose system cannot be solved (or whose weights are not finite) falls
+    back to the plain step ``x = f(x)``. History: two ``(B, m, n)`` buffers, the values ``f_i`` and the
+    residuals ``g_i`` (each residual is computed once, for the stopping test, and stored); the bordered
+    systems live in one ``(B, m + 1, m + 1)`` buffer allocated once. Besides ``f``, an iteration
+    launches about 20 small kernels and reads the residuals back to the host once.
 
     The ridge is scale-invariant: ``s = mean_i ||g_i||^2`` (the mean diagonal of ``G G^T``). With the
     tutorial's absolute ``lam I`` the ridge dominates once the residuals are small, alpha tends to
@@ -210,39 +240,42 @@ def anderson(
     batch = z0.shape[0]
     fn = _flat_map(f, z0.shape)
     x = z0.reshape(batch, -1)  # (B, n)
-    X = x.new_zeros(batch, m, x.shape[1])  # (B, m, n) past iterates
     F = x.new_zeros(batch, m, x.shape[1])  # (B, m, n) f of past iterates
+    G = x.new_zeros(batch, m, x.shape[1])  # (B, m, n) their residuals g_i = f_i - x_i
+    # The bordered systems, allocated once; the border (row and column 0) never changes.
+    H = x.new_zeros(batch, m + 1, m + 1)  # (B, m+1, m+1)
+    H[:, 0, 1:] = 1
+    H[:, 1:, 0] = 1
+    rhs = x.new_zeros(batch, m + 1, 1)  # (B, m+1, 1)
+    rhs[:, 0] = 1
+    plain_steps = torch.eye(m, dtype=x.dtype, device=x.device)  # row s: all weight on history slot s
+    tiny = torch.finfo(x.dtype).tiny
     track = _Tracker(batch, tol, z0.device, z0.dtype)
     for k in range(1, max_iter + 1):
         fx = fn(x)  # (B, n)
-        if track.update(fx, x) or k == max_iter:
+        gx = fx - x  # (B, n)
+        if track.update(fx, x, gx) or k == max_iter:
             break
         slot, n_hist = (k - 1) % m, min(k, m)
-        X, F = _write(X, slot, x), _write(F, slot, fx)
-        G = F[:, :n_hist] - X[:, :n_hist]  # (B, n_hist, n)
-        eye = torch.eye(n_hist, dtype=x.dtype, device=x.device)
-        H = x.new_zeros(batch, n_hist + 1, n_hist + 1)  # (B, n+1, n+1) bordered system
-        H[:, 0, 1:] = 1
-        H[:, 1:, 0] = 1
-        GGt = G @ G.transpose(1, 2)  # (B, n_hist, n_hist)
-        scale = GGt.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(x.dtype).tiny)  # (B,)
-        H[:, 1:, 1:] = GGt + (lam * scale)[:, None, None] * eye
-        # Frozen samples (possibly NaN) get a harmless system; their result is discarded below.
-        benign = H.detach().clone()
-        benign[:, 1:, 1:] = eye
-        H = torch.where(track.done[:, None, None], benign, H)
-        rhs = x.new_zeros(batch, n_hist + 1, 1)  # (B, n+1, 1)
-        rhs[:, 0] = 1
-        sol, info = torch.linalg.solve_ex(H, rhs)
+        F, G = _write(F, slot, fx), _write(G, slot, gx)
+        GGt = G[:, :n_hist] @ G[:, :n_hist].transpose(1, 2)  # (B, n_hist, n_hist)
+        scale = GGt.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(tiny)  # (B,)
+        system = H[:, : n_hist + 1, : n_hist + 1]
+        if torch.is_grad_enabled() and GGt.requires_grad:  # unrolled: keep H out of the graph
+            system = system.clone()
+        system[:, 1:, 1:] = GGt
+        system[:, 1:, 1:].diagonal(dim1=1, dim2=2).add_(scale[:, None], alpha=lam)
+        if track.frozen is not None:  # frozen samples (possibly NaN) get a harmless system
+            benign = torch.eye(n_hist + 1, dtype=x.dtype, device=x.device)
+            system = torch.where(track.frozen[:, None, None], benign, system)
+        sol, info = torch.linalg.solve_ex(system, rhs[:, : n_hist + 1])
         alpha = sol[:, 1:, 0]  # (B, n_hist)
-        plain = torch.zeros_like(alpha)
-        plain[:, slot] = 1
-        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)
-        alpha = torch.where(ok[:, None], alpha, plain)[:, None]  # (B, 1, n_hist)
+        ok = (info == 0) & torch.isfinite(alpha.sum(dim=1))  # (B,) else: the plain step
+        alpha = torch.where(ok[:, None], alpha, plain_steps[slot, :n_hist])[:, None]  # (B, 1, n_hist)
         x_new = (alpha @ F[:, :n_hist])[:, 0]  # (B, n)
         if beta != 1.0:
-            x_new = beta * x_new + (1 - beta) * (alpha @ X[:, :n_hist])[:, 0]
-        x = torch.where(track.done[:, None], x, x_new)
+            x_new = x_new - (1 - beta) * (alpha @ G[:, :n_hist])[:, 0]
+        x = track.keep_frozen(x, x_new)
     return _result(x, z0), track.stats()
 
 
@@ -279,7 +312,7 @@ def broyden(
     for k in range(1, max_iter + 1):
         fx = fn(x)  # (B, n)
         g = fx - x  # (B, n)
-        if track.update(fx, x) or k == max_iter:
+        if track.update(fx, x, g) or k == max_iter:
             break
         if x_prev is not None and g_prev is not None:
             slot = (k - 2) % m
@@ -288,14 +321,16 @@ def broyden(
             dx, dg = x - x_prev, g - g_prev  # (B, n)
             v = inv_jac_t(dx)  # (B, n)
             denom = (v * dg).sum(dim=1)  # (B,)
-            ok = ~track.done & torch.isfinite(denom) & (denom.abs() > torch.finfo(x.dtype).tiny)
+            ok = torch.isfinite(denom) & (denom.abs() > torch.finfo(x.dtype).tiny)
+            if track.frozen is not None:
+                ok = ok & ~track.frozen
             u = (dx - inv_jac(dg)) / torch.where(ok, denom, torch.ones_like(denom))[:, None]
             ok = ok & torch.isfinite(u).all(dim=1) & torch.isfinite(v).all(dim=1)
             U = _write(U, slot, torch.where(ok[:, None], u, torch.zeros_like(u)))
             V = _write(V, slot, torch.where(ok[:, None], v, torch.zeros_like(v)))
         x_prev, g_prev = x, g
         x_new = x - inv_jac(g)
-        x = torch.where(track.done[:, None], x, x_new)
+        x = track.keep_frozen(x, x_new)
     return _result(x, z0), track.stats()
 
 

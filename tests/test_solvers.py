@@ -60,6 +60,24 @@ def test_solver_reaches_known_fixed_point(name: str) -> None:
     assert_truthful(f, z, stats, tol)
 
 
+def test_anderson_with_one_entry_is_the_damped_step() -> None:
+    """History m=1 forces alpha = [1]: Anderson with mixing beta is fixed-point iteration damped by beta."""
+    f, _, _, z_star = affine_problem()
+    z0 = torch.zeros_like(z_star)
+    z_a, s_a = anderson(f, z0, tol=1e-30, max_iter=25, m=1, beta=0.4)
+    z_fp, s_fp = fixed_point(f, z0, tol=1e-30, max_iter=25, damping=0.4)
+    torch.testing.assert_close(z_a, z_fp, rtol=1e-13, atol=1e-13)
+    assert s_a.trace == pytest.approx(s_fp.trace, rel=1e-10)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+def test_anderson_mixing_reaches_the_fixed_point(beta: float) -> None:
+    f, _, _, z_star = affine_problem()
+    z, stats = anderson(f, torch.zeros_like(z_star), tol=1e-10, max_iter=1000, beta=beta)
+    assert bool(stats.converged.all())
+    assert float(rel_err(z, z_star).max()) <= 1.1 * 1e-10 / (1 - 0.9)
+
+
 def test_acceleration_needs_fewer_iterations() -> None:
     f, _, _, z_star = affine_problem()
     iters = {}
