@@ -219,11 +219,15 @@ def anderson(
     [1; 0]`` (``torch.linalg.solve_ex``, batched), then steps to
     ``x = beta sum_i alpha_i f_i + (1 - beta) sum_i alpha_i x_i = sum_i alpha_i f_i - (1 - beta)
     sum_i alpha_i g_i``. With one history entry this is a damped fixed-point step, so no separate
-    warm-up is needed. A sample whose system cannot be solved (or whose weights are not finite) falls
-    back to the plain step ``x = f(x)``. History: two ``(B, m, n)`` buffers, the values ``f_i`` and the
-    residuals ``g_i`` (each residual is computed once, for the stopping test, and stored); the bordered
-    systems live in one ``(B, m + 1, m + 1)`` buffer allocated once. Besides ``f``, an iteration
-    launches about 20 small kernels and reads the residuals back to the host once.
+    warm-up is needed. The bordered system is nonsingular whenever the residuals are finite
+    (``G G^T + lam s I`` is positive definite: ``s > 0`` unless every residual is zero, and then the
+    sample has converged and is frozen), so it is solved without a fallback; residuals so large that
+    ``G G^T`` overflows give non-finite weights, a non-finite iterate, and the sample is reported as
+    failed at the next evaluation (the others are untouched). History: two ``(B, m, n)`` buffers, the
+    values ``f_i`` and the residuals ``g_i`` (each residual is computed once, for the stopping test, and
+    stored); the bordered systems live in one ``(B, m + 1, m + 1)`` buffer allocated once. Besides
+    ``f``, an iteration launches about a dozen small kernels and reads the residuals back to the host
+    once.
 
     The ridge is scale-invariant: ``s = mean_i ||g_i||^2`` (the mean diagonal of ``G G^T``). With the
     tutorial's absolute ``lam I`` the ridge dominates once the residuals are small, alpha tends to
@@ -248,7 +252,6 @@ def anderson(
     H[:, 1:, 0] = 1
     rhs = x.new_zeros(batch, m + 1, 1)  # (B, m+1, 1)
     rhs[:, 0] = 1
-    plain_steps = torch.eye(m, dtype=x.dtype, device=x.device)  # row s: all weight on history slot s
     tiny = torch.finfo(x.dtype).tiny
     track = _Tracker(batch, tol, z0.device, z0.dtype)
     for k in range(1, max_iter + 1):
@@ -268,10 +271,8 @@ def anderson(
         if track.frozen is not None:  # frozen samples (possibly NaN) get a harmless system
             benign = torch.eye(n_hist + 1, dtype=x.dtype, device=x.device)
             system = torch.where(track.frozen[:, None, None], benign, system)
-        sol, info = torch.linalg.solve_ex(system, rhs[:, : n_hist + 1])
-        alpha = sol[:, 1:, 0]  # (B, n_hist)
-        ok = (info == 0) & torch.isfinite(alpha.sum(dim=1))  # (B,) else: the plain step
-        alpha = torch.where(ok[:, None], alpha, plain_steps[slot, :n_hist])[:, None]  # (B, 1, n_hist)
+        sol, _ = torch.linalg.solve_ex(system, rhs[:, : n_hist + 1])  # nonsingular (see above)
+        alpha = sol[:, None, 1:, 0]  # (B, 1, n_hist)
         x_new = (alpha @ F[:, :n_hist])[:, 0]  # (B, n)
         if beta != 1.0:
             x_new = x_new - (1 - beta) * (alpha @ G[:, :n_hist])[:, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 
 import pytest
@@ -174,6 +175,23 @@ def test_diverging_map_is_reported_not_raised(name: str) -> None:
     z, stats = solve(name, f, torch.full((3, 4), 0.1, dtype=DT), tol=1e-6, max_iter=50)
     assert stats.nan and not bool(stats.converged.any())
     assert stats.iters < 50  # every sample failed, so the loop stopped early
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_diverging_sample_fails_alone(name: str) -> None:
+    """Sample 1 overflows (its residuals reach inf, Anderson's Gram matrix before them); sample 0, a
+    contraction, converges to its fixed point as if alone."""
+    f_affine, _, _, z_star = affine_problem(batch=1, n=8, rho=0.5)
+
+    def f(z: Tensor) -> Tensor:
+        return torch.cat([f_affine(z[:1]), 1e30 * z[1:] + 1.0])
+
+    z, stats = solve(name, f, torch.full((2, 8), 0.1, dtype=DT), tol=1e-10, max_iter=200)
+    assert stats.converged.tolist() == [True, False]
+    assert not math.isfinite(float(stats.rel_residual[1])) and stats.nan
+    z_alone, _ = solve(name, f_affine, torch.full((1, 8), 0.1, dtype=DT), tol=1e-10, max_iter=200)
+    torch.testing.assert_close(z[:1], z_alone, rtol=1e-12, atol=1e-12)
+    assert float(rel_err(z[0], z_star[0])) <= 1e-9
 
 
 @pytest.mark.parametrize("name", ALL)

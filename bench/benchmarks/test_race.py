@@ -20,12 +20,16 @@ Iteration counts are fixed so that stopping rules cannot skew the race: every so
 ``solver_iters`` forward and ``solver_iters`` backward iterations (tolerances 0 for the peers, which
 stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 
-Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step) and
+Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
 tracked peak bytes of one warm step (``bench.memory.LiveStorageTracker``, falling back to saved-tensor
-bytes if that module is absent). Ratios ours/theirs (time from interleaved rounds in the same process,
-and peak) go to ``benchmark.extra_info``. The target (ours at least 1.5x faster than both at no more
-peak memory) is reported, never asserted; what is asserted is that the three compute the same step
-(outputs and gradients agree), so the race compares like with like.
+bytes if that module is absent) and the operators one warm step dispatches (counted below autograd with
+a ``TorchDispatchMode``, views excluded): their total is a device-independent proxy for kernel launches,
+the overhead that dominates small problems on a GPU, and the convolution counts show how much of the
+step is the cell itself, which every contender must compute alike. Ratios ours/theirs (time from
+interleaved rounds in the same process, peak, operator count) go to ``benchmark.extra_info``. The target
+(ours at least 1.5x faster than both at no more peak memory) is reported, never asserted; what is
+asserted is that the three compute the same step (outputs and gradients agree), so the race compares
+like with like.
 """
 
 from __future__ import annotations
@@ -233,6 +237,50 @@ def _peak_bytes(fn: Callable[[], object]) -> tuple[int, str]:
     return tracker.peak_bytes, "live_storage_peak"
 
 
+def _dispatched_ops(fn: Callable[[], object]) -> dict[str, int]:
+    """Operators dispatched by ``fn()`` below autograd (forward and backward), views excluded:
+    ``{"ops": total, "conv_ops": convolution forward + backward calls}``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"ops": 0, "conv_ops": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                counts["ops"] += 1
+                counts["conv_ops"] += func.name() in ("aten::convolution", "aten::convolution_backward")
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return counts
+
+
+def _cell_floor_ms(model: LUSER, x: Tensor, size: RaceSize, device: torch.device) -> float:
+    """The cell's own work in one step, which no fixed-point machinery can avoid, timed alone (median
+    of 5): per LU step ``solver_iters`` graph-free evaluations (the forward solve), one tracked
+    evaluation, ``solver_iters`` vector-Jacobian products to ``z`` (the adjoint solve) and one to the
+    parameters and the injected input. ``step_ms_peer / floor`` bounds the speed-up any DEQ
+    implementation could have over the peer at this size."""
+    cell = model.cells[0]
+    v = model.to_net(x).detach().requires_grad_()  # (B, c, H, W)
+
+    def cell_work() -> None:
+        for _ in range(size.n_iters):
+            with torch.no_grad():
+                for _ in range(size.solver_iters):
+                    cell(v.detach(), v.detach())
+            z = v.detach().requires_grad_()
+            fz = cell(z, v)
+            g = torch.ones_like(fz)
+            for _ in range(size.solver_iters):
+                (g,) = torch.autograd.grad(fz, z, g, retain_graph=True)
+            torch.autograd.grad(fz, [v, *cell.parameters()], g)
+
+    cell_work()  # warm-up
+    return statistics.median(_step_ms(cell_work, device) for _ in range(5))
+
+
 def _step_ms(fn: Callable[[], object], device: torch.device) -> float:
     start = time.perf_counter()
     fn()
@@ -304,6 +352,7 @@ def test_race(benchmark, peer: str):
     step_ours(), step_theirs()  # warm: Adam's state exists before the measured steps
     peak_ours, meter = _peak_bytes(step_ours)
     peak_theirs, _ = _peak_bytes(step_theirs)
+    ops_ours, ops_theirs = _dispatched_ops(step_ours), _dispatched_ops(step_theirs)
 
     times_ours, times_theirs = [], []
     for _ in range(size.rounds):  # interleaved, so drifting machine load hits both alike
@@ -312,6 +361,7 @@ def test_race(benchmark, peer: str):
     benchmark.pedantic(step_theirs, rounds=size.rounds, warmup_rounds=0, iterations=1)
 
     step_ms_ours, step_ms_theirs = statistics.median(times_ours), statistics.median(times_theirs)
+    floor_ms = _cell_floor_ms(ours.model, x, size, device)
     time_ratio, peak_ratio = step_ms_ours / step_ms_theirs, peak_ours / peak_theirs
     benchmark.extra_info.update(
         {
@@ -323,6 +373,13 @@ def test_race(benchmark, peer: str):
             f"peak_bytes_{peer}": peak_theirs,
             "time_ratio_ours_over_peer": time_ratio,
             "peak_ratio_ours_over_peer": peak_ratio,
+            "ops_ours": ops_ours["ops"],
+            f"ops_{peer}": ops_theirs["ops"],
+            "ops_ratio_ours_over_peer": ops_ours["ops"] / ops_theirs["ops"],
+            "conv_ops_ours": ops_ours["conv_ops"],
+            f"conv_ops_{peer}": ops_theirs["conv_ops"],
+            "cell_floor_ms": floor_ms,
+            "speedup_bound_over_peer": step_ms_theirs / floor_ms,
             "target_met": bool(time_ratio <= 1 / 1.5 and peak_ratio <= 1.0),
             "output_rel_diff": out_err,
             "grad_rel_diff": grad_err,
