@@ -23,13 +23,14 @@ stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
 tracked peak bytes of one warm step (``bench.memory.LiveStorageTracker``, falling back to saved-tensor
 bytes if that module is absent) and the operators one warm step dispatches (counted below autograd with
-a ``TorchDispatchMode``, views excluded): their total is a device-independent proxy for kernel launches,
-the overhead that dominates small problems on a GPU, and the convolution counts show how much of the
-step is the cell itself, which every contender must compute alike. Ratios ours/theirs (time from
-interleaved rounds in the same process, peak, operator count) go to ``benchmark.extra_info``. The target
-(ours at least 1.5x faster than both at no more peak memory) is reported, never asserted; what is
-asserted is that the three compute the same step (outputs and gradients agree), so the race compares
-like with like.
+a ``TorchDispatchMode``, views excluded; their total is a device-independent proxy for kernel launches,
+the overhead that dominates small problems on a GPU). A fourth, ``bare`` contender (``_BareIFT``) does
+the cell work every contender must do and nothing else; its step time splits each contender's time
+into that floor and the machinery's overhead, and ``step_ms_peer / step_ms_bare`` bounds the speed-up
+any implementation could have over the peer. Ratios ours/theirs (time from interleaved rounds in the
+same process, peak, operator count) go to ``benchmark.extra_info``. The target (ours at least 1.5x
+faster than both at no more peak memory) is reported, never asserted; what is asserted is that the
+three compute the same step (outputs and gradients agree), so the race compares like with like.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ def _contenders(
         model = copy.deepcopy(base)
         if name == "ours":
             forward = lambda y_: model(y_, op).x  # noqa: E731
+        elif name == "bare":
+            solve = _bare_solver(size)
+            forward = lambda y_: _outer_loop(model, y_, op, solve)  # noqa: E731
         elif name == "torchdeq":
             solve = _torchdeq_solver(size)
             forward = lambda y_: _outer_loop(model, y_, op, solve)  # noqa: E731
@@ -256,29 +260,41 @@ def _dispatched_ops(fn: Callable[[], object]) -> dict[str, int]:
     return counts
 
 
-def _cell_floor_ms(model: LUSER, x: Tensor, size: RaceSize, device: torch.device) -> float:
-    """The cell's own work in one step, which no fixed-point machinery can avoid, timed alone (median
-    of 5): per LU step ``solver_iters`` graph-free evaluations (the forward solve), one tracked
-    evaluation, ``solver_iters`` vector-Jacobian products to ``z`` (the adjoint solve) and one to the
-    parameters and the injected input. ``step_ms_peer / floor`` bounds the speed-up any DEQ
-    implementation could have over the peer at this size."""
-    cell = model.cells[0]
-    v = model.to_net(x).detach().requires_grad_()  # (B, c, H, W)
+class _BareIFT(torch.autograd.Function):
+    """The least work an IFT step can do at fixed iteration counts: ``n`` plain graph-free iterations
+    ``z <- cell(z, v)`` from ``v``, and in backward one tracked ``cell(z*, v)``, ``n`` plain adjoint
+    iterations ``g <- J^T g + dL/dz*`` and one vector-Jacobian product to ``v`` and the parameters. No
+    acceleration, stopping tests, statistics or checks: the same cell work as every contender
+    (``n`` forward evaluations, ``n + 1`` VJPs), with nothing else. Its step time is a floor for any
+    DEQ implementation, and ``step_ms_peer / step_ms_bare`` bounds the speed-up any could have."""
 
-    def cell_work() -> None:
-        for _ in range(size.n_iters):
-            with torch.no_grad():
-                for _ in range(size.solver_iters):
-                    cell(v.detach(), v.detach())
-            z = v.detach().requires_grad_()
-            fz = cell(z, v)
-            g = torch.ones_like(fz)
-            for _ in range(size.solver_iters):
-                (g,) = torch.autograd.grad(fz, z, g, retain_graph=True)
-            torch.autograd.grad(fz, [v, *cell.parameters()], g)
+    @staticmethod
+    def forward(ctx, cell: nn.Module, n: int, v: Tensor, *params: Tensor) -> Tensor:
+        z = v
+        for _ in range(n):
+            z = cell(z, v)
+        ctx.cell, ctx.n = cell, n
+        ctx.save_for_backward(z, v)
+        return z
 
-    cell_work()  # warm-up
-    return statistics.median(_step_ms(cell_work, device) for _ in range(5))
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z_star, v = ctx.saved_tensors
+        with torch.enable_grad():
+            z, v = z_star.detach().requires_grad_(), v.detach().requires_grad_()
+            fz = ctx.cell(z, v)
+            g = grad
+            for _ in range(ctx.n):
+                g = torch.autograd.grad(fz, z, g, retain_graph=True)[0] + grad
+            grads = torch.autograd.grad(fz, [v, *ctx.cell.parameters()], g)
+        return (None, None, *grads)
+
+
+def _bare_solver(size: RaceSize) -> Solve:
+    def solve(k: int, cell: nn.Module, v: Tensor) -> Tensor:
+        return _BareIFT.apply(cell, size.solver_iters, v, *cell.parameters())
+
+    return solve
 
 
 def _step_ms(fn: Callable[[], object], device: torch.device) -> float:
@@ -353,15 +369,19 @@ def test_race(benchmark, peer: str):
     peak_ours, meter = _peak_bytes(step_ours)
     peak_theirs, _ = _peak_bytes(step_theirs)
     ops_ours, ops_theirs = _dispatched_ops(step_ours), _dispatched_ops(step_theirs)
+    bare = make("bare")
+    step_bare = lambda: _train_step(bare, x, y, device)  # noqa: E731
+    step_bare()
 
-    times_ours, times_theirs = [], []
-    for _ in range(size.rounds):  # interleaved, so drifting machine load hits both alike
+    times_ours, times_theirs, times_bare = [], [], []
+    for _ in range(size.rounds):  # interleaved, so drifting machine load hits all alike
         times_ours.append(_step_ms(step_ours, device))
         times_theirs.append(_step_ms(step_theirs, device))
+        times_bare.append(_step_ms(step_bare, device))
     benchmark.pedantic(step_theirs, rounds=size.rounds, warmup_rounds=0, iterations=1)
 
     step_ms_ours, step_ms_theirs = statistics.median(times_ours), statistics.median(times_theirs)
-    floor_ms = _cell_floor_ms(ours.model, x, size, device)
+    step_ms_bare = statistics.median(times_bare)
     time_ratio, peak_ratio = step_ms_ours / step_ms_theirs, peak_ours / peak_theirs
     benchmark.extra_info.update(
         {
@@ -378,8 +398,10 @@ def test_race(benchmark, peer: str):
             "ops_ratio_ours_over_peer": ops_ours["ops"] / ops_theirs["ops"],
             "conv_ops_ours": ops_ours["conv_ops"],
             f"conv_ops_{peer}": ops_theirs["conv_ops"],
-            "cell_floor_ms": floor_ms,
-            "speedup_bound_over_peer": step_ms_theirs / floor_ms,
+            "step_ms_bare": step_ms_bare,
+            "overhead_ms_ours": step_ms_ours - step_ms_bare,
+            f"overhead_ms_{peer}": step_ms_theirs - step_ms_bare,
+            "speedup_bound_over_peer": step_ms_theirs / step_ms_bare,
             "target_met": bool(time_ratio <= 1 / 1.5 and peak_ratio <= 1.0),
             "output_rel_diff": out_err,
             "grad_rel_diff": grad_err,
