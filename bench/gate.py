@@ -148,11 +148,16 @@ def format_table(entries: Sequence[GateEntry]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
+def _exceeds(e: GateEntry, max_increase: float) -> bool:
+    """Whether ``e``'s peak grew by more than ``max_increase`` (False without a change to compare)."""
+    if e.change is None or e.now_bytes is None or e.baseline_bytes is None:
+        return False
+    return e.now_bytes > e.baseline_bytes * (1 + max_increase)
+
+
 def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: float) -> tuple[int, str]:
     """(exit code, message): 1 when any configuration regressed, is new or failed."""
-    regressed = [
-        e for e in entries if e.change is not None and e.now_bytes > e.baseline_bytes * (1 + max_increase)
-    ]
+    regressed = [e for e in entries if _exceeds(e, max_increase)]
     improved = [e for e in entries if e.change is not None and e.change < -report_decrease]
     missing = [e for e in entries if e.baseline_bytes is None]
     failed = [e for e in entries if e.status != "ok"]

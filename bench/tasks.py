@@ -118,7 +118,13 @@ DATA_RANGES: dict[str, Callable[[Tensor], Tensor]] = {"unit": _unit_range, "max_
 
 def _sampled_entries(op: LinearOperator, noise: Tensor) -> Tensor:
     """Keep the noise on the sampled k-space entries only (MRI: the operator's 0/1 ``mask``)."""
-    return noise * op.mask
+    mask = getattr(op, "mask", None)
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"noise_support 'sampled' needs an operator with a 0/1 tensor 'mask' (MRI), "
+            f"got {type(op).__name__}"
+        )
+    return noise * mask
 
 
 # Where the measurement noise lives: everywhere in y, or only where the operator samples.

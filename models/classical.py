@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -46,6 +46,18 @@ class ClassicalConfig:
             raise ValueError(f"tikhonov_reg must be > 0, got {self.tikhonov_reg}")
 
 
+class _FBPOperator(Protocol):
+    """An operator with filtered back-projection (CT), as ``fbp``'s ``applies`` checks."""
+
+    def fbp(self, y: Tensor) -> Tensor: ...
+
+
+class _TikhonovOperator(Protocol):
+    """An operator with a Tikhonov solver (blur), as ``tikhonov``'s ``applies`` checks."""
+
+    def tikhonov(self, y: Tensor, reg: float) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class ClassicalMethod:
     """applies(op) says whether the method exists for an operator; run(op, y, cfg, L) reconstructs."""
@@ -72,7 +84,7 @@ CLASSICAL_METHODS: dict[str, ClassicalMethod] = {
     ),
     "fbp": ClassicalMethod(
         applies=lambda op: callable(getattr(op, "fbp", None)),
-        run=lambda op, y, cfg, L: op.fbp(y),
+        run=lambda op, y, cfg, L: cast(_FBPOperator, op).fbp(y),
     ),
     "zero_filled": ClassicalMethod(
         applies=lambda op: bool(op.is_complex),
@@ -80,7 +92,7 @@ CLASSICAL_METHODS: dict[str, ClassicalMethod] = {
     ),
     "tikhonov": ClassicalMethod(
         applies=lambda op: callable(getattr(op, "tikhonov", None)),
-        run=lambda op, y, cfg, L: op.tikhonov(y, cfg.tikhonov_reg),
+        run=lambda op, y, cfg, L: cast(_TikhonovOperator, op).tikhonov(y, cfg.tikhonov_reg),
     ),
 }
 

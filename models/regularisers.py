@@ -40,6 +40,13 @@ def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
+def _bias(conv: nn.Conv2d) -> Tensor:
+    """The bias of ``conv`` (``_conv3x3`` always builds one); ``ValueError`` when it has none."""
+    if conv.bias is None:
+        raise ValueError(f"expected a convolution with a bias, got {conv}")
+    return conv.bias
+
+
 def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -83,7 +90,7 @@ class DnCNN(nn.Module):
         last = _conv3x3(width, channels)
         with torch.no_grad():
             last.weight.mul_(0.1)
-            last.bias.zero_()
+            _bias(last).zero_()
         layers.append(last)
         self.net = nn.Sequential(*layers)
 
@@ -142,10 +149,9 @@ class EquilibriumCell(nn.Module):
             convs[0].weight[:, :channels].mul_(0.5)  # the z half of the first conv's input
             if not spectral_norm:
                 convs[-1].weight.mul_(0.1)
-            convs[-1].bias.zero_()
-        if spectral_norm:
-            convs = [_spectral_norm(conv) for conv in convs]
-        self.convs = nn.ModuleList(convs)
+            _bias(convs[-1]).zero_()
+        layers: list[nn.Module] = [_spectral_norm(conv) for conv in convs] if spectral_norm else list(convs)
+        self.convs = nn.ModuleList(layers)
         self.acts = nn.ModuleList([make_activation(act) for _ in range(depth - 1)])
         self.scale = float(sn_scale) if spectral_norm else 1.0
 

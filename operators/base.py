@@ -28,6 +28,7 @@ class LinearOperator(nn.Module):
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     is_complex: bool = False
+    _dtype_probe: Tensor  # (0,) real, empty: carries the operator's real dtype and device
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, is_complex: bool = False):
         super().__init__()

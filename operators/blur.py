@@ -62,6 +62,9 @@ class Blur(LinearOperator):
         boundary: ``"circular"`` (default) or ``"zero"``.
     """
 
+    kernel: Tensor  # (kh, kw) real
+    otf: Tensor  # (N, N // 2 + 1, 2) real: real and imaginary parts of the kernel's rfft2
+
     def __init__(
         self,
         image_size: int = 128,

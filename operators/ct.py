@@ -162,6 +162,14 @@ class _CSRBackend(nn.Module):
     tensors are views rebuilt on each call (no copy).
     """
 
+    # Buffers: the CSR parts of the matrix (R, N*N) and of its transpose (N*N, R), nnz entries each.
+    crow: Tensor  # (R + 1,) int32
+    col: Tensor  # (nnz,) int32
+    values: Tensor  # (nnz,) float
+    t_crow: Tensor  # (N*N + 1,) int32
+    t_col: Tensor  # (nnz,) int32
+    t_values: Tensor  # (nnz,) float
+
     def __init__(self, grid: Tensor, image_size: int, dt: float):
         super().__init__()
         matrix, matrix_t = bilinear_csr(grid, image_size, dt)
@@ -188,6 +196,8 @@ class _CSRBackend(nn.Module):
 
 class _GridSampleBackend(nn.Module):
     """``A`` by ``F.grid_sample`` at the ray samples; ``A^T`` by grid sampling's input gradient."""
+
+    grid: Tensor  # (1, R, T, 2) float32: sample points in grid_sample's [-1, 1] coordinates
 
     def __init__(self, grid: Tensor, image_size: int, dt: float):
         super().__init__()
@@ -245,6 +255,9 @@ class ParallelBeamCT(LinearOperator):
 
     Shapes: ``x (B, 1, N, N) -> y (B, 1, n_angles, D)``.
     """
+
+    angles: Tensor  # (n_angles,) float32, radians
+    ramp: Tensor  # (n_pad // 2 + 1,) float32: the Ram-Lak filter's real spectrum
 
     def __init__(
         self,

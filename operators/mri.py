@@ -44,6 +44,8 @@ class SingleCoilMRI(LinearOperator):
     The mask is the buffer ``mask`` of shape ``(1, 1, W)`` (columns) or ``(1, H, W)``, real, 0/1.
     """
 
+    mask: Tensor  # (1, 1 or H, W) real, 0/1
+
     def __init__(
         self,
         image_size: int = 128,

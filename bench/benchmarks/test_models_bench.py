@@ -11,6 +11,7 @@ same `bench.run.prepare` that sweeps use, so the numbers match a sweep's columns
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -20,14 +21,15 @@ from bench.run import prepare
 from bench.specs import RunSpec
 
 ON_GPU = torch.cuda.is_available()
-SIZE = (
+# Any values: the dicts are splatted into RunSpec, whose fields have several types.
+SIZE: dict[str, Any] = (
     dict(image_size=128, batch_size=8, reg_width=64)
     if ON_GPU
     else dict(image_size=32, batch_size=2, reg_width=8)
 )
 LU_DEPTH = 17 if ON_GPU else 5
 KS = (1, 5, 10) if ON_GPU else (1, 4)
-DEQ = (
+DEQ: dict[str, Any] = (
     dict(tol=1e-3, max_iter=25, bwd_tol=1e-3, bwd_max_iter=25) if ON_GPU else dict(max_iter=8, bwd_max_iter=8)
 )
 

@@ -22,6 +22,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import torch
@@ -161,7 +162,9 @@ def test_ct_deepinv(benchmark, device: str, n_angles: int, batch: int, which: st
     benchmark.extra_info.update(impl="deepinv.Tomography(adjoint_via_backprop=True)", which=which)
 
 
-def _ours_ct(backend: str, n_angles: int, device: str):
+def _ours_ct(
+    backend: str, n_angles: int, device: str
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     op = ct_operator(backend, n_angles, device)[0]
     return op.A, op.A_adjoint
 
@@ -181,7 +184,8 @@ def test_ct(benchmark, device: str, n_angles: int, backend: str, batch: int, whi
     assert bool(torch.isfinite(out).all()) and float(out.abs().max()) > 0
     benchmark.extra_info.update(impl=f"ours-{backend}", which=which, setup_s=round(setup_s, 3))
     if backend == "csr":
-        benchmark.extra_info["nnz"] = int(op.impl.matrix.values().numel())
+        matrix = cast(Tensor, op.impl.matrix)  # backend "csr": op.impl is a _CSRBackend
+        benchmark.extra_info["nnz"] = int(matrix.values().numel())
     ours = median_s(benchmark)
     if which == "A+A_adjoint" and ours is not None:
         key = (device, n_angles, batch, which)

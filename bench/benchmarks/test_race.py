@@ -40,6 +40,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import torch
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 from bench.tasks import build_task
 from models import build_model
 from models.luser import LUSER
+from operators.base import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _outer_loop(model: LUSER, y: Tensor, op: nn.Module, solve: Solve) -> Tensor:
+def _outer_loop(model: LUSER, y: Tensor, op: LinearOperator, solve: Solve) -> Tensor:
     """LUSER's outer loop (as in ``LUSER.forward``) with the cell solve delegated to ``solve``."""
     x = model.initial(y, op)  # (B, *in_shape)
     for k in range(model.cfg.n_iters):
@@ -172,25 +174,29 @@ class Contender:
 
 def _contenders(
     size: RaceSize, device: torch.device
-) -> tuple[Callable[[str], Contender], nn.Module, Tensor, Tensor]:
+) -> tuple[Callable[[str], Contender], LinearOperator, Tensor, Tensor]:
     """``(make, op, x, y)``: ``make(name)`` builds a contender from a copy of one initial LUSER model."""
     task = build_task("deblur", image_size=size.image_size, n_train=size.batch, n_test=1, device=device)
     op = task.operator
     x = task.x_train  # (B, 1, N, N)
     y = task.measure(x, torch.Generator(device=device).manual_seed(0))
     torch.manual_seed(0)  # the cells' initial weights (test code, not library code)
-    base = build_model(
-        "luser",
-        op,
-        n_iters=size.n_iters,
-        reg_depth=2,
-        reg_width=size.width,
-        solver="anderson",
-        tol=1e-30,
-        max_iter=size.solver_iters,
-        backward="ift",
-        bwd_tol=1e-30,
-        bwd_max_iter=size.solver_iters,
+    # build_model is typed nn.Module; "luser" builds a LUSER.
+    base = cast(
+        LUSER,
+        build_model(
+            "luser",
+            op,
+            n_iters=size.n_iters,
+            reg_depth=2,
+            reg_width=size.width,
+            solver="anderson",
+            tol=1e-30,
+            max_iter=size.solver_iters,
+            backward="ift",
+            bwd_tol=1e-30,
+            bwd_max_iter=size.solver_iters,
+        ),
     )
 
     def make(name: str) -> Contender:
@@ -309,12 +315,13 @@ def _first_step_gradients(c: Contender, x: Tensor, y: Tensor) -> tuple[Tensor, T
     c.optimizer.zero_grad(set_to_none=True)
     x_hat = c.forward(y)
     F.mse_loss(x_hat, x).backward()
-    grads = torch.cat([p.grad.flatten() for p in c.model.parameters()]).detach()
+    # Every parameter gets a gradient from this backward: cast drops grad's Optional.
+    grads = torch.cat([cast(Tensor, p.grad).flatten() for p in c.model.parameters()]).detach()
     c.optimizer.zero_grad(set_to_none=True)
     return x_hat.detach(), grads
 
 
-def _solver_stats(c: Contender, op: nn.Module, x: Tensor, y: Tensor) -> list:
+def _solver_stats(c: Contender, op: LinearOperator, x: Tensor, y: Tensor) -> list:
     """Our model's DEQ stats of one forward/backward (no optimiser step)."""
     recon = c.model(y, op)
     F.mse_loss(recon.x, x).backward()

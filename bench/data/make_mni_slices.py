@@ -58,7 +58,10 @@ def main() -> None:
     import nilearn
 
     path = Path(nilearn.__file__).resolve().parent / "datasets" / "data" / TEMPLATE
-    volume = np.asarray(nib.load(path).dataobj)
+    image = nib.load(path)
+    if not isinstance(image, nib.Nifti1Image):
+        raise TypeError(f"{path}: expected a NIfTI-1 image, got {type(image).__name__}")
+    volume = np.asarray(image.dataobj)
     if volume.shape != (197, 233, 189) or volume.dtype != np.uint8:
         raise ValueError(f"{path}: expected uint8 (197, 233, 189), got {volume.dtype} {volume.shape}")
     slices = make_slices(volume)
