@@ -3,7 +3,7 @@ training step (forward, loss, backward, Adam step) through the harness's own `pr
 
 Target (issue: models): LUSER (ift) at K=10 uses at most 1.5x its memory at K=1, and at least 3x less
 than checkpointed LU with a 17-layer CNN at the same K, batch and size. Measured here at a CPU-friendly
-size (B=2, 32x32, width 32): 1.24x and 6.4x; at B=4, 64x64, width 64: 1.13x and 4.7x.
+size (B=2, 32x32, width 32): 1.24x and 6.5x; at B=4, 64x64, width 64: 1.13x and 4.7x.
 """
 
 from __future__ import annotations
