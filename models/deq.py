@@ -181,6 +181,24 @@ class _SolveSaveFixedPoint(torch.autograd.Function):
         ctx.save_for_backward(z_star, *inputs)
         return z_star
 
+    N_OPTIONS = 5  # forward's arguments before the tensors: f, z0, cfg, record, n_inputs
+
+    @staticmethod
+    def rebuild(ctx: Any) -> tuple[Tensor, Tensor, list[Tensor], tuple[bool, ...]]:
+        """``(z, f(z, *inputs), inputs, needs_grad)``: the graph of ``f`` at the saved ``z*``;
+        ``needs_grad`` covers the inputs and parameters."""
+        z_star, *inputs = ctx.saved_tensors
+        needs_grad = ctx.needs_input_grad[_SolveSaveFixedPoint.N_OPTIONS :]
+        z, fz, ins = _rebuild(ctx.f, z_star, inputs, needs_grad[: ctx.n_inputs])
+        return z, fz, ins, needs_grad
+
+    @staticmethod
+    def grads(
+        fz: Tensor, ins: list[Tensor], params: Sequence[Tensor], g: Tensor, needs_grad: Sequence[bool]
+    ) -> tuple[Tensor | None, ...]:
+        """Backward's return value: ``None`` for the options, ``g^T df/d(inputs, params)`` after them."""
+        return (None,) * _SolveSaveFixedPoint.N_OPTIONS + _param_grads(fz, ins, params, g, needs_grad)
+
 
 class IFTFunction(_SolveSaveFixedPoint):
     """``z* = fixed point of f(., *inputs)`` with the implicit-function-theorem gradient."""
@@ -188,14 +206,11 @@ class IFTFunction(_SolveSaveFixedPoint):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
-        z_star, *inputs = ctx.saved_tensors
-        needs_grad = ctx.needs_input_grad[5:]
-        z, fz, ins = _rebuild(ctx.f, z_star, inputs, needs_grad[: ctx.n_inputs])
-
+        z, fz, ins, needs_grad = _SolveSaveFixedPoint.rebuild(ctx)
         g, bwd_stats = _adjoint_solve(_vjp_map(fz, z), grad_z, ctx.cfg)
         if ctx.record.stats is not None:
             ctx.record.stats.backward = bwd_stats
-        return (None,) * 5 + _param_grads(fz, ins, ctx.params, g, needs_grad)
+        return _SolveSaveFixedPoint.grads(fz, ins, ctx.params, g, needs_grad)
 
 
 class JFBFunction(_SolveSaveFixedPoint):
@@ -207,10 +222,8 @@ class JFBFunction(_SolveSaveFixedPoint):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, ...]:
-        z_star, *inputs = ctx.saved_tensors
-        needs_grad = ctx.needs_input_grad[5:]
-        _, fz, ins = _rebuild(ctx.f, z_star, inputs, needs_grad[: ctx.n_inputs])
-        return (None,) * 5 + _param_grads(fz, ins, ctx.params, grad_z, needs_grad)
+        _, fz, ins, needs_grad = _SolveSaveFixedPoint.rebuild(ctx)
+        return _SolveSaveFixedPoint.grads(fz, ins, ctx.params, grad_z, needs_grad)
 
 
 # --- one function per backward mode: (f, z0, inputs, params, cfg) -> (z, DEQStats) -----------------
