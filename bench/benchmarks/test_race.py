@@ -21,16 +21,16 @@ Iteration counts are fixed so that stopping rules cannot skew the race: every so
 stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 
 Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
-tracked peak bytes of one warm step (``bench.memory.LiveStorageTracker``, falling back to saved-tensor
-bytes if that module is absent) and the operators one warm step dispatches (counted below autograd with
-a ``TorchDispatchMode``, views excluded; their total is a device-independent proxy for kernel launches,
-the overhead that dominates small problems on a GPU). A fourth, ``bare`` contender (``_BareIFT``) does
-the cell work every contender must do and nothing else; its step time splits each contender's time
-into that floor and the machinery's overhead, and ``step_ms_peer / step_ms_bare`` bounds the speed-up
-any implementation could have over the peer. Ratios ours/theirs (time from interleaved rounds in the
-same process, peak, operator count) go to ``benchmark.extra_info``. The target (ours at least 1.5x
-faster than both at no more peak memory) is reported, never asserted; what is asserted is that the
-three compute the same step (outputs and gradients agree), so the race compares like with like.
+tracked peak bytes of one warm step (``bench.memory.LiveStorageTracker``) and the operators one warm
+step dispatches (counted below autograd with a ``TorchDispatchMode``, views excluded; their total is a
+device-independent proxy for kernel launches, the overhead that dominates small problems on a GPU). A
+fourth, ``bare`` contender (``_BareIFT``) does the cell work every contender must do and nothing else;
+its step time splits each contender's time into that floor and the machinery's overhead, and
+``step_ms_peer / step_ms_bare`` bounds the speed-up any implementation could have over the peer. Ratios
+ours/theirs (time from interleaved rounds in the same process, peak, operator count) go to
+``benchmark.extra_info``. The target (ours at least 1.5x faster than both at no more peak memory) is
+reported, never asserted; what is asserted is that the three compute the same step (outputs and
+gradients agree), so the race compares like with like.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.memory import LiveStorageTracker
 from bench.tasks import build_task
 from models import build_model
 from models.luser import LUSER
@@ -69,6 +70,7 @@ CUDA_SIZE = RaceSize(batch=8, image_size=128, n_iters=5, width=64, solver_iters=
 SMOKE_SIZE = RaceSize(batch=2, image_size=16, n_iters=2, width=8, solver_iters=6, rounds=1)
 ANDERSON_M, ANDERSON_BETA, ANDERSON_LAM = 5, 1.0, 1e-4
 PEERS = ("torchdeq", "deepinv")
+METER = "live_storage_peak"  # extra_info's name for how peak bytes were measured
 
 Solve = Callable[[int, nn.Module, Tensor], Tensor]  # (k, cell, v) -> z*
 
@@ -98,7 +100,7 @@ def _outer_loop(model: LUSER, y: Tensor, op: LinearOperator, solve: Solve) -> Te
     return x
 
 
-def _torchdeq_solver(size: RaceSize) -> Solve:
+def _torchdeq_solver(model: LUSER, size: RaceSize) -> Solve:
     import torchdeq
 
     deq = torchdeq.get_deq(
@@ -203,14 +205,8 @@ def _contenders(
         model = copy.deepcopy(base)
         if name == "ours":
             forward = lambda y_: model(y_, op).x  # noqa: E731
-        elif name == "bare":
-            solve = _bare_solver(size)
-            forward = lambda y_: _outer_loop(model, y_, op, solve)  # noqa: E731
-        elif name == "torchdeq":
-            solve = _torchdeq_solver(size)
-            forward = lambda y_: _outer_loop(model, y_, op, solve)  # noqa: E731
         else:
-            solve = _deepinv_solver(model, size)
+            solve = OTHER_SOLVERS[name](model, size)
             forward = lambda y_: _outer_loop(model, y_, op, solve)  # noqa: E731
         return Contender(name, model, forward, torch.optim.Adam(model.parameters(), lr=1e-4))
 
@@ -227,24 +223,11 @@ def _train_step(c: Contender, x: Tensor, y: Tensor, device: torch.device) -> Ten
     return loss.detach()
 
 
-def _peak_bytes(fn: Callable[[], object]) -> tuple[int, str]:
-    """Tracked peak bytes of ``fn()``: bench.memory's LiveStorageTracker, else saved-tensor bytes."""
-    try:
-        from bench.memory import LiveStorageTracker
-    except ImportError:
-        seen: dict[int, int] = {}
-
-        def pack(t: Tensor) -> Tensor:
-            if t.layout == torch.strided:
-                seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(seen.values()), "saved_tensor_bytes"
+def _peak_bytes(fn: Callable[[], object]) -> int:
+    """Tracked peak bytes of ``fn()`` (bench.memory's live-storage tracker)."""
     with LiveStorageTracker() as tracker:
         fn()
-    return tracker.peak_bytes, "live_storage_peak"
+    return tracker.peak_bytes
 
 
 def _dispatched_ops(fn: Callable[[], object]) -> dict[str, int]:
@@ -296,11 +279,19 @@ class _BareIFT(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _bare_solver(size: RaceSize) -> Solve:
+def _bare_solver(model: LUSER, size: RaceSize) -> Solve:
     def solve(k: int, cell: nn.Module, v: Tensor) -> Tensor:
         return _BareIFT.apply(cell, size.solver_iters, v, *cell.parameters())
 
     return solve
+
+
+# The contenders other than ours: (model, size) -> the cell solve used by ``_outer_loop``.
+OTHER_SOLVERS: dict[str, Callable[[LUSER, RaceSize], Solve]] = {
+    "torchdeq": _torchdeq_solver,
+    "deepinv": _deepinv_solver,
+    "bare": _bare_solver,
+}
 
 
 def _step_ms(fn: Callable[[], object], device: torch.device) -> float:
@@ -341,10 +332,10 @@ def test_race_ours(benchmark):
     ours = make("ours")
     step = lambda: _train_step(ours, x, y, device)  # noqa: E731
     step()  # warm-up
-    peak, meter = _peak_bytes(step)
+    peak = _peak_bytes(step)
     benchmark.pedantic(step, rounds=size.rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(
-        {"impl": "ours", "peak_bytes": peak, "meter": meter, "threads": torch.get_num_threads()}
+        {"impl": "ours", "peak_bytes": peak, "meter": METER, "threads": torch.get_num_threads()}
         | size.__dict__
     )
 
@@ -373,8 +364,7 @@ def test_race(benchmark, peer: str):
     step_ours = lambda: _train_step(ours, x, y, device)  # noqa: E731
     step_theirs = lambda: _train_step(theirs, x, y, device)  # noqa: E731
     step_ours(), step_theirs()  # warm: Adam's state exists before the measured steps
-    peak_ours, meter = _peak_bytes(step_ours)
-    peak_theirs, _ = _peak_bytes(step_theirs)
+    peak_ours, peak_theirs = _peak_bytes(step_ours), _peak_bytes(step_theirs)
     ops_ours, ops_theirs = _dispatched_ops(step_ours), _dispatched_ops(step_theirs)
     bare = make("bare")
     step_bare = lambda: _train_step(bare, x, y, device)  # noqa: E731
@@ -393,7 +383,7 @@ def test_race(benchmark, peer: str):
     benchmark.extra_info.update(
         {
             "impl": peer,
-            "meter": meter,
+            "meter": METER,
             "step_ms_ours": step_ms_ours,
             f"step_ms_{peer}": step_ms_theirs,
             "peak_bytes_ours": peak_ours,
