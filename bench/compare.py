@@ -15,6 +15,7 @@ least-memory LUSER at the largest K, batch and image size both were run at; qual
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,16 @@ VERDICT_RULE = (
     "LUSER at that setting is more than {tol:g} dB worse in PSNR than the best LU. **not tested**: no LU and "
     "LUSER runs to compare."
 )
+
+
+def add_psnr_tol_argument(parser: argparse.ArgumentParser) -> None:
+    """``--psnr-tol-db``, shared by ``python -m bench plot`` and ``python -m bench report``."""
+    parser.add_argument(
+        "--psnr-tol-db",
+        type=float,
+        default=PSNR_TOL_DB,
+        help="PSNR tolerance (dB) of the matched-quality comparison (default: %(default)s)",
+    )
 
 
 def verdict(ratio: float | None, psnr_matched: bool | None, claimed: float = CLAIMED_RATIO) -> str:

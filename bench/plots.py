@@ -37,6 +37,7 @@ from bench.compare import (
     BASIS_EQUAL_K,
     CLAIMED_RATIO,
     PSNR_TOL_DB,
+    add_psnr_tol_argument,
     compare_memory,
     pareto_front,
     peak_bytes,
@@ -987,12 +988,7 @@ def make_figures(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m bench plot``."""
     parser.add_argument("dir", type=Path, help="sweep directory holding runs.csv; figures go to DIR/figures/")
-    parser.add_argument(
-        "--psnr-tol-db",
-        type=float,
-        default=PSNR_TOL_DB,
-        help="PSNR tolerance (dB) of the matched-quality comparison (default: %(default)s)",
-    )
+    add_psnr_tol_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:

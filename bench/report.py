@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import BASIS_EQUAL_K, CLAIMED_RATIO, PSNR_TOL_DB, VERDICT_RULE, Comparison, compare_memory
+from bench.compare import (
+    BASIS_EQUAL_K,
+    CLAIMED_RATIO,
+    PSNR_TOL_DB,
+    VERDICT_RULE,
+    Comparison,
+    add_psnr_tol_argument,
+    compare_memory,
+)
 from bench.plots import FigureResult, make_figures
 from bench.runtable import load_runs, ordered_tasks, output_dir
 
@@ -353,12 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", type=Path, help="sweep directory holding runs.csv; writes DIR/report.md and figures"
     )
-    parser.add_argument(
-        "--psnr-tol-db",
-        type=float,
-        default=PSNR_TOL_DB,
-        help="PSNR tolerance (dB) of the matched-quality comparison (default: %(default)s)",
-    )
+    add_psnr_tol_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
