@@ -8,7 +8,7 @@ module (or its attribute ATTR) must provide
 
 Only the chosen subcommand's module is imported, so `sweep` never imports pandas or matplotlib and a
 subcommand whose module does not exist yet fails with a clear message (exit 2). `plot`, `report` and
-`gate` live in bench/plots.py, bench/report.py and bench/gate.py.
+`gate` live in bench/analysis/plots.py, bench/analysis/report.py and bench/gate.py.
 
     python -m bench sweep FILE | --preset NAME --out DIR [--dry-run]
         [--launcher sequential|local|pool|slurm] [--memory-budget 24GiB] [--run-timeout S]
@@ -17,7 +17,7 @@ subcommand whose module does not exist yet fails with a clear message (exit 2). 
         [--start forkserver|subprocess] [--quiet]
 
 `--launcher local` is the issue's name for `sequential` (the default). `--start` picks how each run's
-fresh process starts (bench/launchers.py: a preloaded fork server by default, or a new interpreter).
+fresh process starts (bench/harness/launchers.py: a preloaded fork server by default, or a new interpreter).
 `--max-runs` / `--time-budget` stop starting runs after N runs / when the next run would end past S
 seconds (by the mean run time so far), so a long sweep runs in resumable chunks. Sizes: a bare number is
 bytes; KB/MB/GB/TB are powers of 10, KiB/MiB/GiB/TiB powers of 2 (`24GiB`, `512MiB`, `1.5GB`).
@@ -40,8 +40,8 @@ from typing import Any
 #: Subcommand name -> "module" or "module:ATTR" exposing add_arguments(parser) and main(args) -> int.
 SUBCOMMANDS: dict[str, str] = {
     "sweep": "bench.cli:SWEEP",
-    "plot": "bench.plots",
-    "report": "bench.report",
+    "plot": "bench.analysis.plots",
+    "report": "bench.analysis.report",
     "gate": "bench.gate",
     "_run-one": "bench.cli:RUN_ONE",  # internal: one run in this process (used by the launchers)
 }
@@ -132,9 +132,9 @@ def _key_fields(row: dict[str, Any]) -> str:
 
 
 def _sweep_main(args: argparse.Namespace) -> int:
-    from bench.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
-    from bench.results import finished_run_ids
-    from bench.specs import SweepError, load_preset, load_sweep, spec_columns
+    from bench.harness.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
+    from bench.harness.results import finished_run_ids
+    from bench.harness.specs import SweepError, load_preset, load_sweep, spec_columns
 
     try:
         sweep = load_preset(args.preset) if args.preset else load_sweep(args.file)
@@ -199,7 +199,7 @@ SWEEP = Command(_sweep_add_arguments, _sweep_main)
 
 
 def _run_one_add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec-json", required=True, help="bench.specs.spec_to_json(spec)")
+    p.add_argument("--spec-json", required=True, help="bench.harness.specs.spec_to_json(spec)")
     p.add_argument("--row-out", required=True, help="where to write the row as JSON")
     p.add_argument("--memory-budget", type=_size_arg)
 
@@ -208,8 +208,8 @@ def _run_one_main(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from bench.run import run_spec
-    from bench.specs import spec_from_json
+    from bench.harness.run import run_spec
+    from bench.harness.specs import spec_from_json
 
     row = run_spec(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
     out = Path(args.row_out)

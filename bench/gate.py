@@ -1,6 +1,6 @@
 """`python -m bench gate [--baseline results/baselines/memory.json] [--update]`: the memory-regression gate.
 
-The gate measures the tracked peak bytes (`bench.memory.LiveStorageTracker`, device-independent and
+The gate measures the tracked peak bytes (`bench.meters.memory.LiveStorageTracker`, device-independent and
 deterministic) of one warm training step for a fixed set of configurations, every model on every task
 at small sizes (the sweep `bench/sweeps/gate.toml`), and compares them with a committed baseline:
 
@@ -61,9 +61,9 @@ def config_label(row: Mapping[str, Any]) -> str:
 
 
 def measure(only: str | None = None) -> list[dict[str, Any]]:
-    """Run the gate configurations in this process; one run row each (see `bench.run.run_spec`)."""
-    from bench.run import run_spec
-    from bench.specs import load_preset, normalise, spec_columns
+    """Run the gate configurations in this process; one run row each (see `bench.harness.run.run_spec`)."""
+    from bench.harness.run import run_spec
+    from bench.harness.specs import load_preset, normalise, spec_columns
 
     rows = []
     for spec in load_preset(GATE_PRESET).specs:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.results import append_row
-from bench.specs import load_preset, spec_columns
+from bench.harness.results import append_row
+from bench.harness.specs import load_preset, spec_columns
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Embedded datasets (bench/datasets.py) and real-data loaders (bench/realdata.py) on tiny synthetic files."""
+"""Embedded datasets (bench/data/datasets.py) and real-data loaders (bench/data/realdata.py) on tiny
+synthetic files."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import datasets, realdata
-from bench.realdata import DatasetFormatError
+from bench.data import datasets, realdata
+from bench.data.realdata import DatasetFormatError
 
-DATA_DIR = Path(datasets.__file__).resolve().parent / "data"
+DATA_DIR = Path(datasets.__file__).resolve().parent
 
 
 def _load_script():

@@ -42,8 +42,8 @@ CASES: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
 def _warm_step_memory(model_name: str, cfg: dict[str, Any], device: str = "cuda") -> Any:
     """MemoryReport of a warm training step, built by the harness's own `prepare` (two warm-up steps
     first: cuDNN set-up, Adam state)."""
-    from bench.run import prepare
-    from bench.specs import RunSpec
+    from bench.harness.run import prepare
+    from bench.harness.specs import RunSpec
 
     if device == "cuda":
         torch.cuda.empty_cache()  # every K starts from the same allocator state

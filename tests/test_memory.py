@@ -1,4 +1,5 @@
-"""Tests of bench/memory.py: exact byte counts of the live-storage tracker and the other meters (CPU)."""
+"""Tests of bench/meters/memory.py: exact byte counts of the live-storage tracker and the other
+meters (CPU)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bench.memory import (
+from bench.meters.memory import (
     LiveStorageTracker,
     MemoryReport,
     cuda_step_peak,

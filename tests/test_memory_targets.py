@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import prepare
-from bench.specs import RunSpec
+from bench.harness.run import prepare
+from bench.harness.specs import RunSpec
 
 SIZE = dict(task="deblur", batch_size=2, image_size=32, n_train=2, n_test=2, reg_width=32)
 

@@ -1,4 +1,5 @@
-"""Tests of bench/timing.py, bench/quality.py and bench/envinfo.py (known answers, no wall-clock asserts)."""
+"""Tests of bench/meters/timing.py, bench/meters/quality.py and bench/meters/environment.py
+(known answers, no wall-clock asserts)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from bench.envinfo import environment_stamp, git_sha
-from bench.quality import psnr_ssim, solver_summary
-from bench.timing import StepTimes, Stopwatch, step_time_stats, time_steps
+from bench.meters.environment import environment_stamp, git_sha
+from bench.meters.quality import psnr_ssim, solver_summary
+from bench.meters.timing import StepTimes, Stopwatch, step_time_stats, time_steps
 
 # ---------------------------------------------------------------- timing
 
@@ -174,7 +175,7 @@ def test_environment_stamp() -> None:
 
 
 def test_git_sha_unknown_outside_a_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import bench.envinfo as envinfo
+    import bench.meters.environment as envinfo
 
     monkeypatch.setattr(envinfo, "_PACKAGE_DIR", tmp_path)  # not a git checkout
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))

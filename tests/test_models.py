@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from bench.tasks import build_task
+from bench.data.tasks import build_task
 from models import MODELS, Recon, build_config, build_model, count_params
 from models.complex import from_channels, to_channels
 from models.regularisers import DnCNN, EquilibriumCell

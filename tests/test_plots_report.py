@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from matplotlib.text import Text
 
-from bench import compare, plots, report, runtable
+from bench.analysis import compare, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 EXPECTED_FAILED = {
@@ -124,10 +124,13 @@ def _imported_after(modules: str, probe: str) -> bool:
 
 
 def test_importing_runtable_compare_plots_and_report_does_not_import_torch() -> None:
-    assert not _imported_after("bench.runtable, bench.compare, bench.plots, bench.report", "torch")
+    assert not _imported_after(
+        "bench.analysis.runtable, bench.analysis.compare, bench.analysis.plots, bench.analysis.report",
+        "torch",
+    )
     # the run table and the 8x check are pure analysis: no matplotlib either
-    assert not _imported_after("bench.runtable, bench.compare", "matplotlib")
-    assert _imported_after("bench.plots", "matplotlib")  # the probe does see an imported module
+    assert not _imported_after("bench.analysis.runtable, bench.analysis.compare", "matplotlib")
+    assert _imported_after("bench.analysis.plots", "matplotlib")  # the probe does see an imported module
 
 
 # -- the comparison and the verdict ------------------------------------------------------------------

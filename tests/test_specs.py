@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from bench.specs import (
+from bench.harness.specs import (
     RunSpec,
     SweepError,
     available_presets,

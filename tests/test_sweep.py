@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.launchers import (
+from bench.harness.launchers import (
     LaunchOptions,
     SlurmOptions,
     _Budget,
@@ -26,8 +26,8 @@ from bench.launchers import (
     run_in_fresh_process,
     visible_gpus,
 )
-from bench.results import COLUMNS, append_row, finished_run_ids, latest_rows, read_rows
-from bench.specs import RunSpec, load_preset, load_sweep, spec_columns, spec_to_json
+from bench.harness.results import COLUMNS, append_row, finished_run_ids, latest_rows, read_rows
+from bench.harness.specs import RunSpec, load_preset, load_sweep, spec_columns, spec_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (

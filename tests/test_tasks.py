@@ -1,4 +1,4 @@
-"""Tasks (bench/tasks.py): the noise model, fixed splits and test measurements, metric conventions."""
+"""Tasks (bench/data/tasks.py): the noise model, fixed splits and test measurements, metric conventions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench import datasets
-from bench.tasks import CT_MEAN_ABS_SINOGRAM, TASKS, Task, TaskSpec, build_task
+from bench.data import datasets
+from bench.data.tasks import CT_MEAN_ABS_SINOGRAM, TASKS, Task, TaskSpec, build_task
 
 SMALL = {"image_size": 32, "n_train": 8, "n_test": 4}
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.results import COLUMNS
-from bench.run import run_spec
-from bench.specs import RunSpec
-from bench.tasks import build_task
-from bench.train import (
+from bench.data.tasks import build_task
+from bench.harness.results import COLUMNS
+from bench.harness.run import run_spec
+from bench.harness.specs import RunSpec
+from bench.harness.train import (
     Diverged,
     StepResult,
     TrainConfig,

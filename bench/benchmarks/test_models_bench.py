@@ -5,7 +5,7 @@ synchronised on CUDA) per configuration, grouped by task, and stores in ``extra_
 gate and the plots need: tracked peak bytes, saved-for-backward bytes, CUDA peak bytes (on GPU),
 solver iterations and the parameter count. Small sizes on CPU (32x32, batch 2, width 8); paper sizes
 when CUDA is present (128x128, batch 8, width 64, LU depth 17). Every configuration is built by the
-same `bench.run.prepare` that sweeps use, so the numbers match a sweep's columns.
+same `bench.harness.run.prepare` that sweeps use, so the numbers match a sweep's columns.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from bench.quality import solver_summary
-from bench.run import prepare
-from bench.specs import RunSpec
+from bench.harness.run import prepare
+from bench.harness.specs import RunSpec
+from bench.meters.quality import solver_summary
 
 ON_GPU = torch.cuda.is_available()
 # Any values: the dicts are splatted into RunSpec, whose fields have several types.

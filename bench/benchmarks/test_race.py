@@ -21,7 +21,7 @@ Iteration counts are fixed so that stopping rules cannot skew the race: every so
 stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 
 Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
-tracked peak bytes of one warm step (``bench.memory.LiveStorageTracker``) and the operators one warm
+tracked peak bytes of one warm step (``bench.meters.memory.LiveStorageTracker``) and the operators one warm
 step dispatches (counted below autograd with a ``TorchDispatchMode``, views excluded; their total is a
 device-independent proxy for kernel launches, the overhead that dominates small problems on a GPU). A
 fourth, ``bare`` contender (``_BareIFT``) does the cell work every contender must do and nothing else;
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.memory import LiveStorageTracker
-from bench.tasks import build_task
+from bench.data.tasks import build_task
+from bench.meters.memory import LiveStorageTracker
 from models import build_model
 from models.luser import LUSER
 from operators.base import LinearOperator
@@ -224,7 +224,7 @@ def _train_step(c: Contender, x: Tensor, y: Tensor, device: torch.device) -> Ten
 
 
 def _peak_bytes(fn: Callable[[], object]) -> int:
-    """Tracked peak bytes of ``fn()`` (bench.memory's live-storage tracker)."""
+    """Tracked peak bytes of ``fn()`` (bench.meters.memory's live-storage tracker)."""
     with LiveStorageTracker() as tracker:
         fn()
     return tracker.peak_bytes

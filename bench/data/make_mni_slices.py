@@ -15,7 +15,7 @@ vertex; every one holds brain):
   2. zero-pad the 197-voxel axis symmetrically to 233 (square, 1 mm pixels);
   3. resize to 128 x 128 with scikit-image (bilinear, anti-aliased), round to uint8.
 Saved arrays: ``slices`` uint8 (60, 128, 128) and ``z_index`` int16 (60,). nilearn and nibabel are
-needed only here, never at run time: ``bench.datasets.mni_slices`` reads the npz with numpy.
+needed only here, never at run time: ``bench.data.datasets.mni_slices`` reads the npz with numpy.
 """
 
 from __future__ import annotations

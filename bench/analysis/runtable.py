@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import COLUMNS as RUN_COLUMNS
+from bench.harness.results import COLUMNS as RUN_COLUMNS
 
 # --------------------------------------------------------------------------------------------------
 # The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.

@@ -6,11 +6,11 @@ squared modulus, i.e. the sum of the real and imaginary squared errors).
 Randomness is explicit: batches are drawn from ``task.x_train`` by a CPU ``torch.Generator`` seeded
 with ``cfg.seed`` (epochs of random permutations), the measurement noise of each batch by a second
 CPU generator seeded with ``cfg.seed + 1`` (``Task.measure`` draws on the generator's device, so the
-same noise reaches every device). Parameter initialisation is the caller's business (bench/run.py
+same noise reaches every device). Parameter initialisation is the caller's business (bench/harness/run.py
 builds the model under ``torch.random.fork_rng`` with the run's seed).
 
 Divergence: a non-finite loss, a non-finite forward residual of any equilibrium solve (a DEQ solver
-blow-up) or non-finite parameters after training raise `Diverged`, which bench/run.py records as
+blow-up) or non-finite parameters after training raise `Diverged`, which bench/harness/run.py records as
 status ``diverged``.
 """
 
@@ -193,11 +193,11 @@ def evaluate(model: nn.Module, task: Any, batch_size: int) -> dict[str, float]:
     """PSNR/SSIM on the task's fixed held-out set (``task.test_measurements()``), without gradients.
 
     Returns ``psnr_db`` and ``ssim`` (means over the test images) and the solver summary of the
-    evaluation solves (``bench.quality.solver_summary``: fwd_iters_mean, bwd_iters_mean,
+    evaluation solves (``bench.meters.quality.solver_summary``: fwd_iters_mean, bwd_iters_mean,
     final_residual_max, converged_frac; NaN for feed-forward models). Raises `Diverged` when a
     reconstruction is non-finite.
     """
-    from bench.quality import psnr_ssim, solver_summary
+    from bench.meters.quality import psnr_ssim, solver_summary
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

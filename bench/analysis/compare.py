@@ -1,6 +1,7 @@
 """The 8x check of a sweep: LU against LUSER training memory at matched PSNR (pandas only, no matplotlib).
 
-The comparison behind the headline figure (:func:`bench.plots.plot_headline`) and :mod:`bench.report`,
+The comparison behind the headline figure (:func:`bench.analysis.plots.plot_headline`)
+and :mod:`bench.analysis.report`,
 for one task:
 
 * the **best LU** is the plain-LU run with the highest PSNR;
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.runtable import MODEL_ORDER, int_text, ordered_tasks
+from bench.analysis.runtable import MODEL_ORDER, int_text, ordered_tasks
 
 PSNR_TOL_DB = 0.5
 CLAIMED_RATIO = 8.0

@@ -2,15 +2,15 @@
 
 Steps (each fills its columns, so a run that fails late keeps what it measured):
 
-1. Build the task (`bench.tasks.build_task`, on ``spec.device`` or cuda when available, else cpu)
+1. Build the task (`bench.data.tasks.build_task`, on ``spec.device`` or cuda when available, else cpu)
    and the model (`models.build_model` with exactly ``spec.model_kwargs()``), the model under
    ``torch.random.fork_rng()`` + ``torch.manual_seed(spec.seed)``: its initialisation is reproducible
    and the caller's global RNG state is left untouched.
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise seeded by the
    spec): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen here), then one warm
-   step under `bench.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
+   step under `bench.meters.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
    CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
-   (`bench.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
+   (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
    per trainable parameter, same size; they are freed by ``zero_grad(set_to_none=True)`` and so are
@@ -21,9 +21,9 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    state + operator + the task's images (grads are in the tracked peak). Over budget: status ``oom``
    with "estimated X bytes > budget Y bytes" and no timing or training.
 4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
-   measurement steps, so they do not leak into training) and trained by `bench.train.train` for
+   measurement steps, so they do not leak into training) and trained by `bench.harness.train.train` for
    ``steps`` steps with a fresh Adam -> ``train_s``.
-5. Evaluation when the model was trained or has no parameters: `bench.train.evaluate` -> ``psnr_db``,
+5. Evaluation when the model was trained or has no parameters: `bench.harness.train.evaluate` -> ``psnr_db``,
    ``ssim``. Solver columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
    last training step, evaluation has no backward), else of the last warm measurement step.
 
@@ -31,7 +31,7 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 shared CPU, tiny ops run far faster on one thread than on a contended pool.
 
 Failures become statuses, never exceptions: an out-of-memory error (``torch.OutOfMemoryError``, or a
-CPU allocator failure) -> ``oom``; `bench.train.Diverged` (NaN/inf loss or parameters, a solver
+CPU allocator failure) -> ``oom``; `bench.harness.train.Diverged` (NaN/inf loss or parameters, a solver
 blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`` with
 ``"Type: message"``.
 
@@ -54,9 +54,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.results import COLUMNS
-from bench.specs import RunSpec, normalise, spec_columns
-from bench.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
+from bench.harness.results import COLUMNS
+from bench.harness.specs import RunSpec, normalise, spec_columns
+from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
 
 _ENV_COLUMNS = ("device", "torch_version", "cuda_version", "git_sha", "timestamp")
 _SOLVER_COLUMNS = ("fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac")
@@ -146,14 +146,14 @@ def is_oom(err: BaseException) -> bool:
 
 
 def _summary(stats: list[Any]) -> dict[str, Any]:
-    from bench.quality import solver_summary
+    from bench.meters.quality import solver_summary
 
     summary = solver_summary(stats)
     return {k: summary.get(k) for k in _SOLVER_COLUMNS}
 
 
 def _bytes(tensors: Any) -> int:
-    from bench.memory import tensor_bytes
+    from bench.meters.memory import tensor_bytes
 
     return sum(tensor_bytes(t) for t in tensors)
 
@@ -194,8 +194,8 @@ class PreparedRun:
         return result
 
     def measure_memory(self) -> Any:
-        """`bench.memory.MemoryReport` of one warm step (run the warm-up steps first)."""
-        from bench.memory import measure_step_memory
+        """`bench.meters.memory.MemoryReport` of one warm step (run the warm-up steps first)."""
+        from bench.meters.memory import measure_step_memory
 
         return measure_step_memory(self.step, device=self.device)
 
@@ -207,7 +207,7 @@ class PreparedRun:
 def prepare(spec: RunSpec) -> PreparedRun:
     """Build the task (on the spec's device), the seeded model, Adam, and the measurement batch: the
     first ``batch_size`` training images with noise seeded by the spec."""
-    from bench.tasks import build_task
+    from bench.data.tasks import build_task
 
     spec = normalise(spec)
     device = resolve_device(spec)
@@ -231,9 +231,9 @@ def prepare(spec: RunSpec) -> PreparedRun:
 
 
 def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
-    from bench.envinfo import environment_stamp
-    from bench.memory import module_bytes, optimizer_state_bytes
-    from bench.timing import time_steps
+    from bench.meters.environment import environment_stamp
+    from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.timing import time_steps
 
     stamp = environment_stamp(resolve_device(spec))
     row.update({k: stamp.get(k) for k in _ENV_COLUMNS})
@@ -294,7 +294,8 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
 
 
 def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[str, Any]:
-    """Run one spec in this process and return its full CSV row (every column of bench.results.COLUMNS).
+    """Run one spec in this process and return its full CSV row (every column of
+    bench.harness.results.COLUMNS).
 
     Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
     """

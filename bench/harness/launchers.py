@@ -2,7 +2,7 @@
 
 `run_in_fresh_process(spec_json, csv_path, ...)` is the one run function. It starts a new process for
 the run, waits for it, reads the row the child wrote to `DIR/rows/<run_id>.json`, and appends it to
-`runs.csv` under the file lock (bench/results.py). The process is new for every run (its own CUDA
+`runs.csv` under the file lock (bench/harness/results.py). The process is new for every run (its own CUDA
 context and statistics, its own RSS; a crash cannot take the sweep down). Two ways to start it
 (`STARTERS`): "forkserver" (default) forks it from a multiprocessing fork server that imported
 torch, torchmetrics and the bench modules once (`PRELOAD`; importing does not initialise CUDA), so a
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.results import append_row
-from bench.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
+from bench.harness.results import append_row
+from bench.harness.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 _LOG_TAIL_CHARS = 800
 
 
@@ -66,7 +66,7 @@ def failure_row(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
     row: dict[str, Any] = spec_columns(spec)
     row.update(status=status, error=error)
     try:
-        from bench.envinfo import environment_stamp
+        from bench.meters.environment import environment_stamp
 
         stamp = environment_stamp(spec.device or None)
         row.update(
@@ -93,12 +93,12 @@ PRELOAD: tuple[str, ...] = (
     "torch._dynamo",
     "torchmetrics",
     "models",
-    "bench.run",
-    "bench.memory",
-    "bench.quality",
-    "bench.tasks",
-    "bench.timing",
-    "bench.envinfo",
+    "bench.harness.run",
+    "bench.meters.memory",
+    "bench.meters.quality",
+    "bench.data.tasks",
+    "bench.meters.timing",
+    "bench.meters.environment",
 )
 
 
@@ -113,7 +113,7 @@ def _child_main(
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
-    from bench.run import run_spec
+    from bench.harness.run import run_spec
 
     row = run_spec(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
     tmp = Path(row_path + ".tmp")
@@ -190,7 +190,7 @@ def run_in_fresh_process(
 ) -> dict[str, Any]:
     """Run one spec in a fresh process, append its row to csv_path, and return the row.
 
-    spec_json is `bench.specs.spec_to_json(spec)` (a string, so submitit pickles it cheaply).
+    spec_json is `bench.harness.specs.spec_to_json(spec)` (a string, so submitit pickles it cheaply).
     env entries are set in the child's environment (e.g. CUDA_VISIBLE_DEVICES). start: a key of
     STARTERS.
     """

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from bench.datasets import resize
+from bench.data.datasets import resize
 
 
 class DatasetFormatError(ValueError):
@@ -103,7 +103,7 @@ class CelebA(Dataset):
 
     Each image is cropped to its central 178 x 178 square, resized (bilinear, antialiased) to
     ``size`` and, for ``channels=1``, converted to grey with scikit-image's ``rgb2gray`` (as
-    ``bench.datasets.natural_crops``).
+    ``bench.data.datasets.natural_crops``).
     """
 
     def __init__(self, root: str | Path, split: str = "train", size: int = 128, channels: int = 1):

@@ -1,8 +1,9 @@
 """Figures of a luser-bench sweep, drawn from its ``runs.csv`` only.
 
-``python -m bench plot DIR`` reads ``DIR/runs.csv`` (:func:`bench.runtable.load_runs`) and writes PNG and
-SVG figures into ``DIR/figures/``. Only pandas, seaborn and matplotlib (Agg canvas, no pyplot state) are
-used: no torch, no model is rerun. The headline figure draws the 8x comparison of :mod:`bench.compare`
+``python -m bench plot DIR`` reads ``DIR/runs.csv`` (:func:`bench.analysis.runtable.load_runs`) and writes
+PNG and SVG figures into ``DIR/figures/``. Only pandas, seaborn and matplotlib (Agg canvas, no pyplot
+state) are used: no torch, no model is rerun. The headline figure draws the 8x comparison of
+:mod:`bench.analysis.compare`
 (the selection rule is described there).
 
 Failed runs (``status != ok``) are never dropped: the figures mark them with an ``x`` and their status.
@@ -33,7 +34,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.compare import (
+from bench.analysis.compare import (
     BASIS_EQUAL_K,
     CLAIMED_RATIO,
     PSNR_TOL_DB,
@@ -42,7 +43,7 @@ from bench.compare import (
     pareto_front,
     peak_bytes,
 )
-from bench.runtable import MODEL_ORDER, int_text, load_runs, ordered_tasks, output_dir, setting_label
+from bench.analysis.runtable import MODEL_ORDER, int_text, load_runs, ordered_tasks, output_dir, setting_label
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +476,7 @@ def plot_step_time_vs_k(df: pd.DataFrame, style: Style | None = None) -> FigureR
 
 
 # --------------------------------------------------------------------------------------------------
-# Figure 3: PSNR against memory with the Pareto front (bench.compare.pareto_front)
+# Figure 3: PSNR against memory with the Pareto front (bench.analysis.compare.pareto_front)
 def plot_psnr_vs_memory(df: pd.DataFrame, style: Style | None = None) -> FigureResult:
     """Figure 3: test PSNR against peak training memory per task; the Pareto front in black."""
     style = style or make_style(df)
@@ -824,7 +825,7 @@ def plot_solver_iterations(df: pd.DataFrame, style: Style | None = None) -> Figu
 
 
 # --------------------------------------------------------------------------------------------------
-# Figure 6: the 8x comparison (bench.compare)
+# Figure 6: the 8x comparison (bench.analysis.compare)
 def plot_headline(
     df: pd.DataFrame, style: Style | None = None, psnr_tol_db: float = PSNR_TOL_DB
 ) -> FigureResult:
@@ -1010,7 +1011,7 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _parser = argparse.ArgumentParser(
-        prog="python -m bench.plots", description="Figures of a luser-bench sweep."
+        prog="python -m bench.analysis.plots", description="Figures of a luser-bench sweep."
     )
     add_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench import datasets
+from bench.data import datasets
 from operators import build_operator
 from operators.base import LinearOperator
 from operators.noise import gaussian_noise

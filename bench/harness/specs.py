@@ -13,7 +13,7 @@ Normalisation (`normalise`) makes run ids mean "the same computation":
 - extra model keys (`model_extra`, any config key without its own column) equal to the default are
   dropped;
 - task sizes left unset (image_size, n_train, n_test, noise_sigma) take the task's defaults
-  (`bench.tasks.TASKS[task]`).
+  (`bench.data.tasks.TASKS[task]`).
 
 A sweep file (TOML) has three tables, all optional but `grid` usually present::
 
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/run.py):
+#: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/harness/run.py):
 #: "nan" makes the model output NaN from its second call, "oom" raises an out-of-memory error in a
 #: step (a real one on CUDA), "crash" SIGKILLs the run's own process, "hang" sleeps forever.
 INJECTS: tuple[str, ...] = ("", "nan", "oom", "crash", "hang")
@@ -169,7 +169,7 @@ def _models() -> Mapping[str, Any]:
 
 
 def _tasks() -> Mapping[str, Any]:
-    from bench.tasks import TASKS
+    from bench.data.tasks import TASKS
 
     return TASKS
 
@@ -214,7 +214,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 # ----------------------------------------------------------------------------- normalisation
 
 
-#: RunSpec fields that default (None) to the task's own default (`bench.tasks.TaskSpec`).
+#: RunSpec fields that default (None) to the task's own default (`bench.data.tasks.TaskSpec`).
 TASK_KEYS: tuple[str, ...] = ("image_size", "n_train", "n_test", "noise_sigma")
 
 

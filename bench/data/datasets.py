@@ -238,7 +238,7 @@ MNI_TEST_OFFSET = 2
 @lru_cache(maxsize=1)
 def _mni_file() -> tuple[np.ndarray, np.ndarray]:
     """The stored slices ``(S, 128, 128)`` uint8 and their axial indices ``(S,)`` in the template."""
-    with resources.files("bench").joinpath("data", MNI_FILE).open("rb") as fh, np.load(fh) as f:
+    with resources.files("bench.data").joinpath(MNI_FILE).open("rb") as fh, np.load(fh) as f:
         return f["slices"], f["z_index"]
 
 

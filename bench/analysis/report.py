@@ -1,8 +1,10 @@
 """``python -m bench report DIR``: a Markdown report of a sweep, written to ``DIR/report.md``.
 
 The report is built from ``DIR/runs.csv`` only (pandas, no torch). It first regenerates the figures
-(:func:`bench.plots.make_figures`) and links them relatively (``figures/*.png``), then gives the 8x check
-per task (:mod:`bench.compare`: LU against LUSER at matched PSNR, the same against checkpointed LU and a
+(:func:`bench.analysis.plots.make_figures`)
+and links them relatively (``figures/*.png``), then gives the 8x check
+per task
+(:mod:`bench.analysis.compare`: LU against LUSER at matched PSNR, the same against checkpointed LU and a
 full DEQ), the verdict with its rule, the failed runs, the environment and the caveats.
 
 The output is deterministic: the same CSV gives a byte-identical ``report.md`` (tables are sorted, no clock
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import (
+from bench.analysis.compare import (
     BASIS_EQUAL_K,
     CLAIMED_RATIO,
     PSNR_TOL_DB,
@@ -29,8 +31,8 @@ from bench.compare import (
     add_psnr_tol_argument,
     compare_memory,
 )
-from bench.plots import FigureResult, make_figures
-from bench.runtable import load_runs, ordered_tasks, output_dir
+from bench.analysis.plots import FigureResult, make_figures
+from bench.analysis.runtable import load_runs, ordered_tasks, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +306,7 @@ def _caveats_section(df: pd.DataFrame, tol_db: float) -> str:
     devices = ", ".join(sorted({d for d in df["device"] if d})) or MISSING
     items = [
         "**Data.** `runs.csv` does not name the datasets. Unless the sweep configured real data (CelebA, "
-        "LoDoPaB-CT, fastMRI), the tasks use the small embedded offline datasets of `bench/datasets.py` "
+        "LoDoPaB-CT, fastMRI), the tasks use the small embedded offline datasets of `bench/data/datasets.py` "
         "(natural-image crops from scikit-image samples, random-ellipse phantoms, slices of the MNI "
         "brain template), which are far smaller than the paper's. Image sizes here: "
         f"{_values(df['image_size'])}; batch sizes: {_values(df['batch_size'])}.",
@@ -378,7 +380,7 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _parser = argparse.ArgumentParser(
-        prog="python -m bench.report", description="Markdown report of a sweep."
+        prog="python -m bench.analysis.report", description="Markdown report of a sweep."
     )
     add_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

@@ -1,0 +1,1 @@
+"""Data: task definitions, embedded datasets and real-data loaders."""

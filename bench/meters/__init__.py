@@ -1,0 +1,1 @@
+"""Meters: memory, time, quality and the environment stamp."""
