@@ -158,6 +158,9 @@ def _sweep_main(args: argparse.Namespace) -> int:
             mark = "done" if spec.run_id in done else "todo"
             head = f"{row['run_id']}  {mark}  {row['part']:<8} {row['task']:<8} {row['model']:<10}"
             extra = "".join(f" {k}={v}" for k, v in spec.model_extra)
+            extra += "".join(f" operator.{k}={v}" for k, v in spec.operator)
+            extra += f" data={spec.data}:{spec.data_split}" if spec.data else ""
+            extra += f" precision={spec.precision}" if spec.precision != "fp32" else ""
             print(f"{head} {_key_fields(row)}{extra}")
         print(f"{len(sweep.specs)} runs in sweep {sweep.name!r}: {n_done} already done, {len(todo)} to run")
         return 0

@@ -9,9 +9,13 @@ inputs of any other dtype with a ``ValueError`` naming what it expected.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from operators.settings import Setting
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -28,6 +32,8 @@ class LinearOperator(nn.Module):
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     is_complex: bool = False
+    #: The constructor arguments a sweep may set, with what each accepts (``operators/settings.py``).
+    SETTINGS: ClassVar[Mapping[str, Setting]] = {}
     _dtype_probe: Tensor  # (0,) real, empty: carries the operator's real dtype and device
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, is_complex: bool = False):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from operators.base import LinearOperator
+from operators.settings import Setting
 
 BOUNDARIES = ("circular", "zero")
 
@@ -61,6 +62,13 @@ class Blur(LinearOperator):
             ``kernel_size`` and ``sigma``. Default None.
         boundary: ``"circular"`` (default) or ``"zero"``.
     """
+
+    SETTINGS = {
+        "channels": Setting("int", choices=(1, 3)),
+        "kernel_size": Setting("int", minimum=1),
+        "sigma": Setting("float", minimum=0, open_minimum=True),
+        "boundary": Setting("str", choices=BOUNDARIES),
+    }
 
     kernel: Tensor  # (kh, kw) real
     otf: Tensor  # (N, N // 2 + 1, 2) real: real and imaginary parts of the kernel's rfft2

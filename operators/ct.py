@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from operators.base import LinearOperator
+from operators.settings import Setting
 
 
 def uniform_angles(n_angles: int) -> Tensor:
@@ -255,6 +256,13 @@ class ParallelBeamCT(LinearOperator):
 
     Shapes: ``x (B, 1, N, N) -> y (B, 1, n_angles, D)``.
     """
+
+    SETTINGS = {
+        "n_angles": Setting("int", minimum=1),
+        "angles": Setting("floats", minimum=-2 * math.pi, maximum=2 * math.pi),
+        "n_detectors": Setting("int", minimum=1),
+        "backend": Setting("str", choices=tuple(_BACKEND_CLASSES)),
+    }
 
     angles: Tensor  # (n_angles,) float32, radians
     ramp: Tensor  # (n_pad // 2 + 1,) float32: the Ram-Lak filter's real spectrum

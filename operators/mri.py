@@ -14,6 +14,7 @@ from torch import Tensor
 
 from operators.base import LinearOperator
 from operators.masks import MASKS
+from operators.settings import Setting
 
 
 def fft2c(x: Tensor) -> Tensor:
@@ -43,6 +44,13 @@ class SingleCoilMRI(LinearOperator):
 
     The mask is the buffer ``mask`` of shape ``(1, 1, W)`` (columns) or ``(1, H, W)``, real, 0/1.
     """
+
+    SETTINGS = {
+        "mask_type": Setting("str", choices=tuple(sorted(MASKS))),
+        "acceleration": Setting("float", minimum=1),
+        "center_fraction": Setting("float", minimum=0, maximum=1),
+        "seed": Setting("int", minimum=0),
+    }
 
     mask: Tensor  # (1, 1 or H, W) real, 0/1
 

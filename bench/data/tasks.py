@@ -257,12 +257,18 @@ def build_task(
     seed: int = 0,
     device: str | torch.device = "cpu",
     operator_kwargs: dict[str, Any] | None = None,
+    data: str = "",
+    data_root: str = "",
+    data_split: str = "",
 ) -> Task:
     """Build task ``name`` from ``TASKS``, with any of the spec's defaults overridden.
 
     ``operator_kwargs`` update the spec's operator arguments (an unknown one raises the operator's
     own error); the image channels follow the operator (e.g. ``{"channels": 3}`` for RGB deblurring).
     ``seed`` (>= 0) picks the training images; the test images and test noise are fixed.
+    ``data`` (a key of ``bench.data.realsources.REAL_DATA``) takes the images from that dataset at
+    ``data_root`` instead, the test images from its split ``data_split`` ("" = the dataset's default);
+    operator, noise, metric image and data range stay the task's.
     """
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
@@ -282,9 +288,23 @@ def build_task(
 
     op = build_operator(spec.operator, image_size=size, **op_kw).to(device)
     channels = op.in_shape[0]
-    source = IMAGE_SOURCES[spec.images]
-    x_train = source("train", n_tr, size, channels, _stream_seed(seed, _TRAIN_STREAM))
-    x_test = source("test", n_te, size, channels, _stream_seed(0, _TEST_STREAM))
+    if data:
+        from bench.data.realsources import task_images
+
+        x_train, x_test = task_images(
+            data,
+            data_root,
+            data_split,
+            n_train=n_tr,
+            n_test=n_te,
+            size=size,
+            channels=channels,
+            generator=_generator(_stream_seed(seed, _TRAIN_STREAM)),
+        )
+    else:
+        source = IMAGE_SOURCES[spec.images]
+        x_train = source("train", n_tr, size, channels, _stream_seed(seed, _TRAIN_STREAM))
+        x_test = source("test", n_te, size, channels, _stream_seed(0, _TEST_STREAM))
     if op.is_complex:  # magnitude x smooth phase; phase seeds from the same streams
         x_train = _with_phase(x_train, _stream_seed(seed, _TRAIN_STREAM))
         x_test = _with_phase(x_test, _stream_seed(0, _TEST_STREAM))

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.harness import problem
 from bench.harness.results import COLUMNS
 from bench.harness.specs import RunSpec, normalise, spec_columns
 from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
@@ -128,11 +129,12 @@ def resolve_device(spec: RunSpec) -> torch.device:
 def build_model_for(spec: RunSpec, op: Any, device: torch.device) -> nn.Module:
     """The spec's model, initialised from spec.seed without touching the global RNG state."""
     from models import build_model
+    from models.precision import set_precision
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.seed)
         model = build_model(spec.model, op, **spec.model_kwargs())
-    model = model.to(device)
+    model = set_precision(model, spec.precision).to(device)
     if spec.inject:
         model = FaultInjector(model, spec.inject, device)
     return model
@@ -219,6 +221,10 @@ def prepare(spec: RunSpec) -> PreparedRun:
         noise_sigma=spec.noise_sigma,
         seed=spec.seed,
         device=device,
+        operator_kwargs=problem.operator_kwargs(spec.task, spec.operator),
+        data=spec.data,
+        data_root=spec.data_root,
+        data_split=spec.data_split,
     )
     model = build_model_for(spec, task.operator, device)
     params = [p for p in model.parameters() if p.requires_grad]

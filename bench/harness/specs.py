@@ -40,6 +40,7 @@ name, a key that none of a grid's models takes, a config rejected by the model's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.resources
 import itertools
@@ -51,6 +52,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.harness import problem
 
 #: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/harness/run.py):
 #: "nan" makes the model output NaN from its second call, "oom" raises an out-of-memory error in a
@@ -126,6 +129,14 @@ class RunSpec:
     device: str = ""  # "" picks cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
     inject: str = ""  # testing aid, see INJECTS
+    # The problem beside the model (bench/harness/problem.py).
+    #: Operator settings that differ from the task's default, sorted (key, value) pairs; a sweep sets
+    #: them as ``operator.KEY`` (e.g. ``operator.n_angles = [30, 60]``).
+    operator: tuple[tuple[str, Any], ...] = ()
+    precision: str = "fp32"  # the networks' arithmetic: "fp32" or "bf16" (autocast), models/precision.py
+    data: str = ""  # "" = the task's embedded images, else a dataset of bench.data.realsources.REAL_DATA
+    data_root: str = ""  # the dataset's folder (data only)
+    data_split: str = ""  # the dataset split of the test images ("" = the dataset's default)
 
     def __post_init__(self) -> None:
         for name, minimum in _HARNESS_MINIMUMS.items():
@@ -142,7 +153,9 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         """12 hex digits of sha1 over the normalised spec's canonical JSON."""
-        canonical = json.dumps(spec_to_dict(normalise(self)), sort_keys=True, separators=(",", ":"))
+        d = spec_to_dict(normalise(self))
+        d = {k: v for k, v in d.items() if k not in _ID_NEUTRAL or v != _ID_NEUTRAL[k]}
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -155,8 +168,15 @@ class RunSpec:
 
 _SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunSpec)}
 _SPEC_TYPES: dict[str, Any] = typing.get_type_hints(RunSpec)
-#: Keys a sweep file may set directly (model_extra is filled from other models' config keys).
-SPEC_KEYS: tuple[str, ...] = tuple(k for k in _SPEC_FIELDS if k != "model_extra")
+#: Keys a sweep file may set directly (model_extra is filled from other models' config keys, operator
+#: from the ``operator.KEY`` keys).
+SPEC_KEYS: tuple[str, ...] = tuple(k for k in _SPEC_FIELDS if k not in ("model_extra", "operator"))
+#: Fields left out of the run id's canonical JSON while at these values, so that adding them left
+#: every earlier run id unchanged.
+_ID_NEUTRAL: dict[str, Any] = {
+    "operator": {}, "precision": "fp32", "data": "", "data_root": "", "data_split": "",
+}  # fmt: skip
+OPERATOR_PREFIX = "operator."
 
 
 # ----------------------------------------------------------------------------- registries (lazy)
@@ -193,6 +213,8 @@ _CHOICES: dict[str, Callable[[], Sequence[str]]] = {
     "solver": _solvers,
     "backward": _backward_modes,
     "inject": lambda: INJECTS,
+    "precision": problem.precisions,
+    "data": problem.datasets,
 }
 
 
@@ -239,6 +261,14 @@ def normalise(spec: RunSpec) -> RunSpec:
         if k in cfg_fields and k not in MODEL_KEYS and v != _field_default(cfg_fields[k])
     }
     changes["model_extra"] = tuple(sorted(extra.items()))
+    changes["operator"] = problem.normalise_operator(spec.task, spec.operator)
+    if not problem.has_network(spec.model):
+        changes["precision"] = "fp32"
+    elif spec.precision not in problem.precisions():
+        raise ValueError(f"unknown precision {spec.precision!r}; known: {list(problem.precisions())}")
+    changes["data"], changes["data_root"], changes["data_split"] = problem.normalise_data(
+        spec.data, spec.data_root, spec.data_split
+    )
     return dataclasses.replace(spec, **changes)
 
 
@@ -246,6 +276,7 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     """JSON-ready dict of a spec (model_extra as a dict)."""
     d = {f: getattr(spec, f) for f in _SPEC_FIELDS}
     d["model_extra"] = dict(spec.model_extra)
+    d["operator"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.operator}
     return d
 
 
@@ -256,6 +287,9 @@ def spec_from_dict(d: Mapping[str, Any]) -> RunSpec:
         raise KeyError(f"unknown RunSpec keys {sorted(unknown)}; known: {list(_SPEC_FIELDS)}")
     kw = dict(d)
     kw["model_extra"] = tuple(sorted(dict(kw.get("model_extra", {})).items()))
+    kw["operator"] = tuple(
+        sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(kw.get("operator", {})).items())
+    )
     return RunSpec(**kw)
 
 
@@ -343,7 +377,19 @@ def _check_table(where: str, table: Any, key_types: Mapping[str, Any]) -> dict[s
     if not isinstance(table, dict):
         raise SweepError(f"{where}: expected a table, got {type(table).__name__}")
     out: dict[str, list[Any]] = {}
+    if "operator" in table:
+        try:
+            settings = problem.flatten_operator_table(where, table["operator"])
+        except ValueError as err:
+            raise SweepError(str(err)) from None
+        table = {**{k: v for k, v in table.items() if k != "operator"}, **settings}
     for key, raw in table.items():
+        if key.startswith(OPERATOR_PREFIX):  # checked per task, by the task's operator (_make_spec)
+            if isinstance(raw, list) and not raw:
+                raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value")
+            # A list is an axis; a list-valued setting (angles) is written as a list of lists.
+            out[key] = list(raw) if isinstance(raw, list) else [raw]
+            continue
         if key not in key_types:
             raise SweepError(f"{where}: unknown key {key!r}; allowed keys: {sorted(key_types)}")
         values = raw if isinstance(raw, list) else [raw]
@@ -381,9 +427,20 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
     cfg_fields = _config_fields(values["model"])
     spec_kw = {k: v for k, v in values.items() if k in _SPEC_FIELDS}
     extra = {k: v for k, v in values.items() if k not in _SPEC_FIELDS and k in cfg_fields}
+    settings = {  # the keys this task's operator takes (the grid check made sure some task takes each)
+        k[len(OPERATOR_PREFIX) :]: v
+        for k, v in values.items()
+        if k.startswith(OPERATOR_PREFIX) and problem.operator_takes(values["task"], k[len(OPERATOR_PREFIX) :])
+    }
     spec_kw.setdefault("part", default_part)
     try:
-        spec = normalise(RunSpec(**spec_kw, model_extra=tuple(sorted(extra.items()))))
+        spec = normalise(
+            RunSpec(
+                **spec_kw, model_extra=tuple(sorted(extra.items())), operator=tuple(sorted(settings.items()))
+            )
+        )
+        if spec.data:
+            _check_data(spec.data, spec.data_root, spec.data_split, spec.n_train or 0, spec.n_test or 0)
     except ValueError as err:
         raise SweepError(f"{where}: {err}") from None
     config_cls = _models()[spec.model].config_cls
@@ -394,8 +451,25 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
     return spec
 
 
+def _check_operator_key(where: str, key: str, tasks: Sequence[str]) -> None:
+    if not any(problem.operator_takes(t, key) for t in tasks if t in _tasks()):
+        accepted = {t: sorted(problem.operator_class(t).SETTINGS) for t in tasks if t in _tasks()}
+        ops = {t: _tasks()[t].operator for t in accepted}
+        raise SweepError(
+            f"{where}: no operator of task(s) {list(tasks)} has the setting {key!r}; accepted settings: "
+            + "; ".join(f"operator {ops[t]!r} (task {t!r}): {keys}" for t, keys in accepted.items())
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _check_data(data: str, root: str, split: str, n_train: int, n_test: int) -> None:
+    """Check a dataset root once per sweep load (the sizes may need more of it than one spec)."""
+    problem.check_data(data, root, split, n_train, n_test)
+
+
 def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
     """Expand a parsed sweep document (the dict `tomllib` returns) into a `Sweep`."""
+    _check_data.cache_clear()  # a sweep load sees the data roots as they are now
     unknown = set(doc) - set(_TOP_KEYS)
     if unknown:
         raise SweepError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
@@ -421,8 +495,11 @@ def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
         axes = dict(defaults)
         grid_axes = _check_table(where, grid, key_types)
         axes.update(grid_axes)
+        for key in axes:  # an operator setting must be one of at least one of the grid's tasks
+            if key.startswith(OPERATOR_PREFIX):
+                _check_operator_key(where, key[len(OPERATOR_PREFIX) :], axes.get("task", []))
         for key in grid_axes:  # a key set in the grid must matter to at least one of its models
-            if key in _SPEC_FIELDS and key not in MODEL_KEYS:
+            if (key in _SPEC_FIELDS and key not in MODEL_KEYS) or key.startswith(OPERATOR_PREFIX):
                 continue
             takers = [m for m in axes.get("model", []) if key in _config_fields(m)]
             if not takers:
@@ -486,4 +563,8 @@ def spec_columns(spec: RunSpec) -> dict[str, Any]:
     row.update({c: getattr(spec, c) for c in SPEC_COLUMNS})
     # The model's other config keys (e.g. a classical method, x0), so every row names its configuration.
     row["model_extra"] = json.dumps(dict(spec.model_extra), sort_keys=True) if spec.model_extra else ""
+    row["noise_sigma"] = spec.noise_sigma
+    row["operator_settings"] = problem.operator_column(spec.task, spec.operator)
+    row["precision"] = spec.precision
+    row["data"] = problem.data_column(spec.data, spec.data_root, spec.data_split)
     return row
