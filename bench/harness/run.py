@@ -5,12 +5,13 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 1. Build the task (`bench.data.tasks.build_task`, on ``spec.device`` or cuda when available, else cpu)
    and the model (`models.build_model` with exactly ``spec.model_kwargs()``), the model under
    ``torch.random.fork_rng()`` + ``torch.manual_seed`` of the run's ``model_init`` stream
-   (`bench.data.seeds`): its initialisation is reproducible
-   and the caller's global RNG state is left untouched.
+   (`bench.data.seeds`): its initialisation is reproducible and the caller's global RNG state is
+   left untouched.
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
-   ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen here), then one warm
-   step under `bench.meters.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
-   CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
+   ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
+   here), then one warm step under `bench.meters.memory.measure_step_memory` (tracked peak,
+   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks), then
+   ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
