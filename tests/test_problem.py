@@ -12,9 +12,16 @@ import pytest
 import torch
 
 from bench import cli
-from bench.harness import problem
 from bench.harness.run import prepare
-from bench.harness.specs import RunSpec, SweepError, loads_sweep, normalise, spec_columns, spec_from_json, spec_to_json
+from bench.harness.specs import (
+    RunSpec,
+    SweepError,
+    loads_sweep,
+    normalise,
+    spec_columns,
+    spec_from_json,
+    spec_to_json,
+)
 from models import build_model
 from models.precision import Autocast, set_precision
 from operators import OPERATORS, gaussian_kernel
@@ -64,9 +71,13 @@ def test_operator_setting_errors_name_operator_key_and_what_is_accepted():
         check_operator_kwargs("ct", {"n_angels": 30})
     with pytest.raises(ValueError, match=r"operator 'ct': setting 'n_angles' must be an int >= 1, got 0"):
         check_operator_kwargs("ct", {"n_angles": 0})
-    with pytest.raises(ValueError, match=r"operator 'mri': setting 'center_fraction' must be a number >= 0 and <= 1"):
+    with pytest.raises(
+        ValueError, match=r"operator 'mri': setting 'center_fraction' must be a number >= 0 and <= 1"
+    ):
         check_operator_kwargs("mri", {"center_fraction": 1.5})
-    with pytest.raises(ValueError, match=r"operator 'blur': setting 'boundary' must be one of 'circular', 'zero'"):
+    with pytest.raises(
+        ValueError, match=r"operator 'blur': setting 'boundary' must be one of 'circular', 'zero'"
+    ):
         check_operator_kwargs("blur", {"boundary": "reflect"})
     with pytest.raises(ValueError, match=r"'sigma' must be a number > 0"):
         check_operator_kwargs("blur", {"sigma": 0.0})
@@ -79,9 +90,10 @@ def test_an_explicit_default_gives_the_run_id_of_leaving_it_out():
     base = RunSpec(task="ct", **LU_SMALL)
     assert RunSpec(task="ct", operator=(("n_angles", 60),), **LU_SMALL).run_id == base.run_id
     assert RunSpec(task="ct", operator=(("backend", "csr"),), **LU_SMALL).run_id == base.run_id
-    assert RunSpec(task="mri", operator=(("acceleration", 4),), **LU_SMALL).run_id == RunSpec(
-        task="mri", **LU_SMALL
-    ).run_id
+    assert (
+        RunSpec(task="mri", operator=(("acceleration", 4),), **LU_SMALL).run_id
+        == RunSpec(task="mri", **LU_SMALL).run_id
+    )
     assert RunSpec(task="ct", operator=(("n_angles", 30),), **LU_SMALL).run_id != base.run_id
     spec = normalise(RunSpec(task="ct", operator=(("angles", [0.0, 1.0]), ("n_angles", 60)), **LU_SMALL))
     assert spec.operator == (("angles", (0.0, 1.0)),)
@@ -111,7 +123,9 @@ def test_settings_reach_the_operator():
     assert torch.allclose(limited.task.operator.angles, torch.tensor([0.0, 0.5, 1.0]))
     blur = prepare(RunSpec(task="deblur", operator=(("kernel_size", 5), ("sigma", 0.7)), **LU_SMALL, **SMALL))
     assert torch.allclose(blur.task.operator.kernel, gaussian_kernel(5, 0.7))
-    mri = prepare(RunSpec(task="mri", operator=(("acceleration", 8), ("center_fraction", 0.0)), **LU_SMALL, **SMALL))
+    mri = prepare(
+        RunSpec(task="mri", operator=(("acceleration", 8), ("center_fraction", 0.0)), **LU_SMALL, **SMALL)
+    )
     assert int(mri.task.operator.mask.sum()) == 2  # 16 columns / 8
 
 
@@ -170,7 +184,10 @@ def test_bf16_wraps_only_networks_and_keeps_parameters_and_operator_fp32():
 def test_precision_is_blank_for_models_without_a_network_and_rejected_by_set_precision():
     fp32 = RunSpec(task="deblur", model="classical")
     assert RunSpec(task="deblur", model="classical", precision="bf16").run_id == fp32.run_id
-    assert RunSpec(task="deblur", precision="bf16", **LU_SMALL).run_id != RunSpec(task="deblur", **LU_SMALL).run_id
+    assert (
+        RunSpec(task="deblur", precision="bf16", **LU_SMALL).run_id
+        != RunSpec(task="deblur", **LU_SMALL).run_id
+    )
     op = OPERATORS["blur"](image_size=16)
     with pytest.raises(ValueError, match="has none"):
         set_precision(build_model("classical", op), "bf16")
@@ -182,7 +199,9 @@ def test_precision_is_blank_for_models_without_a_network_and_rejected_by_set_pre
 
 
 def test_luser_bf16_runs_its_solver_in_float32():
-    kw = dict(model="luser", n_iters=1, reg_depth=2, reg_width=8, tol=1e-2, max_iter=5, bwd_tol=1e-2, bwd_max_iter=5)
+    kw = dict(
+        model="luser", n_iters=1, reg_depth=2, reg_width=8, tol=1e-2, max_iter=5, bwd_tol=1e-2, bwd_max_iter=5
+    )
     run = prepare(RunSpec(task="ct", precision="bf16", **{**SMALL, **kw}))
     run.step()
     stats = run.last_stats()[0]
