@@ -207,3 +207,43 @@ def test_luser_bf16_runs_its_solver_in_float32():
     stats = run.last_stats()[0]
     assert stats.forward.rel_residual.dtype == torch.float32
     assert math.isfinite(stats.forward.trace[-1]) and stats.backward is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis: runs at different problem settings are labelled and never compared as one
+# --------------------------------------------------------------------------------------------------
+
+
+def test_report_keeps_operator_settings_apart(tmp_path: Path):
+    import pandas as pd
+
+    from bench.analysis.compare import compare_memory
+    from bench.analysis.runtable import load_runs
+
+    base = pd.read_csv(
+        Path(__file__).parent / "fixtures" / "runs_fixture.csv", dtype=str, keep_default_na=False
+    )
+    ct = base[base["task"] == "ct"].copy()
+    ct["operator_settings"] = '{"backend": "csr", "n_angles": 60}'
+    sparse = ct.copy()
+    sparse["operator_settings"] = '{"backend": "csr", "n_angles": 30}'
+    sparse["run_id"] = sparse["run_id"] + "-a30"
+    # LUSER is cheaper at 30 angles only: mixing the settings would pick its peak against LU's at 60.
+    is_luser = sparse["model"] == "luser"
+    sparse.loc[is_luser, "tracked_peak_bytes"] = (
+        sparse.loc[is_luser, "tracked_peak_bytes"].astype(float) / 10
+    ).map(lambda v: str(int(v)) if v == v else "")
+    pd.concat([base[base["task"] != "ct"], ct, sparse]).to_csv(
+        tmp_path / "runs.csv", index=False
+    )  # no precision column: old tables load
+    df = load_runs(tmp_path)
+    assert set(df.loc[df["task"] == "ct", "problem"]) == {"n_angles=30", "n_angles=60"}
+    assert set(df.loc[df["task"] == "deblur", "problem"]) == {""}
+    assert df.loc[df["run_id"].str.endswith("-a30"), "setting"].str.endswith(", n_angles=30").all()
+    comps = {c.name: c for c in compare_memory(df)}
+    assert {"ct · n_angles=30", "ct · n_angles=60", "deblur", "mri"} <= set(comps)
+    for label in ("n_angles=30", "n_angles=60"):
+        comp = comps[f"ct · {label}"]
+        for row in (comp.lu, comp.luser, comp.lu_ckpt, comp.deq):
+            assert row is None or row["problem"] == label
+    assert comps["ct · n_angles=30"].ratio == pytest.approx(10 * comps["ct · n_angles=60"].ratio, rel=1e-6)

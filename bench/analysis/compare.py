@@ -17,6 +17,7 @@ least-memory LUSER at the largest K, batch and image size both were run at; qual
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +86,12 @@ class Comparison:
     lu_ckpt: pd.Series | None = None
     deq: pd.Series | None = None
     note: str = ""
+    problem: str = ""  # the problem label of every run compared (runtable.problem_labels), "" if one
+
+    @property
+    def name(self) -> str:
+        """The task, with its problem label when the task was run at several (``"ct · n_angles=30"``)."""
+        return f"{self.task} · {self.problem}" if self.problem else self.task
 
     def _ratio(self, num: pd.Series | None, den: pd.Series | None) -> float | None:
         a, b = peak_bytes(num), peak_bytes(den)
@@ -207,9 +214,24 @@ def compare_task(df: pd.DataFrame, task: str, psnr_tol_db: float = PSNR_TOL_DB) 
 
 
 def compare_memory(df: pd.DataFrame, psnr_tol_db: float = PSNR_TOL_DB) -> list[Comparison]:
-    """:func:`compare_task` for every task that has LU or LUSER runs, in task order."""
-    tasks = ordered_tasks(df[df["model"].isin(["lu", "luser"])]["task"])
-    return [compare_task(df, task, psnr_tol_db) for task in tasks]
+    """:func:`compare_task` for every task that has LU or LUSER runs, in task order, once per problem.
+
+    Runs of different problem settings (the ``problem`` column: operator settings, noise, data,
+    precision) are never compared with each other: each problem of a task is compared on its own.
+    When a task has several problems, those without both LU and LUSER runs are left out (unless
+    none has both).
+    """
+    problems = df["problem"] if "problem" in df.columns else pd.Series("", index=df.index)
+    ours = df[df["model"].isin(["lu", "luser"])]
+    out = []
+    for task in ordered_tasks(ours["task"]):
+        mine = ours[ours["task"] == task]
+        labels = sorted(set(problems[mine.index]))
+        both = [p for p in labels if {"lu", "luser"} <= set(mine[problems[mine.index] == p]["model"])]
+        for label in both if len(labels) > 1 and both else labels:
+            comp = compare_task(df[problems == label], task, psnr_tol_db)
+            out.append(dataclasses.replace(comp, problem=label))
+    return out
 
 
 def pareto_front(memory: Sequence[float], psnr: Sequence[float]) -> list[int]:

@@ -122,13 +122,28 @@ def make_style(df: pd.DataFrame) -> Style:
     return Style(order=order, colors=colors, markers=markers)
 
 
-def _settings(df: pd.DataFrame) -> list[tuple[float, float]]:
-    pairs = df[["batch_size", "image_size"]].fillna(0).drop_duplicates().itertuples(index=False)
-    return sorted((float(b), float(n)) for b, n in pairs)
+def _settings(df: pd.DataFrame) -> list[tuple[float, float, int]]:
+    """(batch, image size, problem rank) of the runs: a panel row each, so runs of different
+    problems of a task (operator settings, noise, data, precision) never share a panel."""
+    cols = df[["batch_size", "image_size"]].fillna(0).assign(rank=_problem_rank(df)).drop_duplicates()
+    return sorted((float(b), float(n), int(r)) for b, n, r in cols.itertuples(index=False))
 
 
-def _in_setting(df: pd.DataFrame, setting: tuple[float, float]) -> pd.DataFrame:
-    return df[(df["batch_size"].fillna(0) == setting[0]) & (df["image_size"].fillna(0) == setting[1])]
+def _problem_rank(df: pd.DataFrame) -> pd.Series:
+    return df["problem_rank"] if "problem_rank" in df.columns else pd.Series(0, index=df.index)
+
+
+def _in_setting(df: pd.DataFrame, setting: tuple[float, float, int]) -> pd.DataFrame:
+    b, n, rank = setting
+    same_size = (df["batch_size"].fillna(0) == b) & (df["image_size"].fillna(0) == n)
+    return df[same_size & (_problem_rank(df) == rank)]
+
+
+def _panel_title(df: pd.DataFrame, task: str, setting: tuple[float, float, int]) -> str:
+    """``"ct  ·  B=2, 32×32, n_angles=30"``: the task's problem label at that rank, if any."""
+    here = _in_setting(df[df["task"] == task], setting)
+    problem = str(here["problem"].iloc[0]) if "problem" in here.columns and len(here) else ""
+    return f"{task}  ·  {setting_label(setting[0], setting[1], problem)}"
 
 
 def _solver_key(df: pd.DataFrame) -> pd.Series:
@@ -397,7 +412,7 @@ def _plot_vs_k(df: pd.DataFrame, style: Style, spec: KFigureSpec) -> FigureResul
             ax = axes[i, j]
             here = _in_setting(ok[ok["task"] == task], setting)
             fails = _in_setting(failed[failed["task"] == task], setting)
-            title = f"{task}  ·  {setting_label(*setting)}"
+            title = _panel_title(df, task, setting)
             ax.set_title(title, fontsize=10)
             if here.empty and fails.empty:
                 _empty_axis(ax, "no runs in this setting")
@@ -500,7 +515,7 @@ def plot_psnr_vs_memory(df: pd.DataFrame, style: Style | None = None) -> FigureR
     for i, setting in enumerate(settings):
         for j, task in enumerate(tasks):
             ax = axes[i, j]
-            ax.set_title(f"{task}  ·  {setting_label(*setting)}", fontsize=10)
+            ax.set_title(_panel_title(df, task, setting), fontsize=10)
             here = _in_setting(trained[trained["task"] == task], setting)
             if here.empty:
                 _empty_axis(ax, "no quality runs in this setting")
@@ -885,7 +900,7 @@ def plot_headline(
         ax.axhline(CLAIMED_RATIO, color="firebrick", ls="--", lw=1.2)
         ax.axhline(1.0, color="0.2", lw=0.8)
         k_text = f"K={int_text(lu['n_iters'])}, {lu['setting']}"
-        ax.set_title(f"{comp.task}: {comp.verdict.upper()}\n{comp.basis}; {k_text}", fontsize=9.5)
+        ax.set_title(f"{comp.name}: {comp.verdict.upper()}\n{comp.basis}; {k_text}", fontsize=9.5)
         if j == 0:
             ax.set_ylabel("memory of plain LU / memory of the method\n(log scale; higher = less memory)")
         ax.set_yscale("log")
@@ -911,7 +926,7 @@ def plot_headline(
             "Training-memory saving over plain LU at matched PSNR "
             f"(LUSER within {psnr_tol_db:g} dB of the best LU)"
         )
-    notes = [f"{c.task}: {c.note}" for c in comparisons if c.note]
+    notes = [f"{c.name}: {c.note}" for c in comparisons if c.note]
     notes.append(
         "Above each bar: saving over plain LU, tracked peak memory of one training step, test PSNR "
         "(difference "

@@ -14,6 +14,7 @@ is read; the only times are the CSV's own timestamps).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -120,10 +121,10 @@ def _verdict_section(comparisons: list[Comparison], tol_db: float) -> str:
     for c in comparisons:
         where = MISSING if c.lu is None else f"K={fmt(c.lu['n_iters'], '.0f')}, {c.lu['setting']}"
         rows.append(
-            [c.task, f"**{c.verdict}**", c.basis, _ratio(c.ratio), _run_name(c.lu), _run_name(c.luser), where]
+            [c.name, f"**{c.verdict}**", c.basis, _ratio(c.ratio), _run_name(c.lu), _run_name(c.luser), where]
         )
     table = md_table(["task", "verdict", "basis", "LU / LUSER memory", "LU", "LUSER", "compared at"], rows)
-    notes = [f"- {c.task}: {c.note}." for c in comparisons if c.note]
+    notes = [f"- {c.name}: {c.note}." for c in comparisons if c.note]
     fallback = any(c.basis == BASIS_EQUAL_K for c in comparisons)
     text = [
         f"## Verdict: does LUSER need {CLAIMED_RATIO:g}x less training memory than LU at matched quality?",
@@ -179,18 +180,18 @@ def _check_tables(comparisons: list[Comparison]) -> str:
         return (
             f"## The {CLAIMED_RATIO:g}x check per task\n\nNo task has LU or LUSER runs: nothing to compare."
         )
-    lu_rows = [(c.task, c.lu, c.luser, _ratio(c.ratio), c.basis, c.verdict) for c in comparisons]
-    ckpt_rows = [(c.task, c.lu_ckpt, c.luser, _ratio(c.ratio_ckpt), "", "") for c in comparisons]
-    deq_rows = [(c.task, c.lu, c.deq, _ratio(c.ratio_deq), "", "") for c in comparisons]
+    lu_rows = [(c.name, c.lu, c.luser, _ratio(c.ratio), c.basis, c.verdict) for c in comparisons]
+    ckpt_rows = [(c.name, c.lu_ckpt, c.luser, _ratio(c.ratio_ckpt), "", "") for c in comparisons]
+    deq_rows = [(c.name, c.lu, c.deq, _ratio(c.ratio_deq), "", "") for c in comparisons]
     used = [
-        [c.task, role, f"`{row['run_id']}`", row["setting"], row["part"]]
+        [c.name, role, f"`{row['run_id']}`", row["setting"], row["part"]]
         for c in comparisons
         for role, row in (("LU", c.lu), ("LUSER", c.luser), ("LU-ckpt", c.lu_ckpt), ("DEQ", c.deq))
         if row is not None
     ]
     iterations = [
         [
-            c.task,
+            c.name,
             _run_name(c.deq),
             _value(c.deq, "fwd_iters_mean", ".1f"),
             _value(c.deq, "bwd_iters_mean", ".1f"),
@@ -296,6 +297,22 @@ def _values(series: pd.Series, spec: str = ".0f") -> str:
     return ", ".join(format(v, spec) for v in vals) if vals else MISSING
 
 
+def _data_text(df: pd.DataFrame) -> str:
+    """Which images the runs used, from the ``data`` column (``"name/split"``, or the embedded ones)."""
+    used = df["data"].map(lambda d: _data_name(d) if d else "the embedded datasets").value_counts()
+    return "Images: " + ", ".join(f"{n} run(s) on {name}" for name, n in sorted(used.items())) + "."
+
+
+def _data_name(text: str) -> str:
+    d = json.loads(text)
+    return f"{d['name']}/{d['split']}"
+
+
+def _problems_text(df: pd.DataFrame) -> str:
+    labels = sorted({f"{t}: {p}" for t, p in zip(df["task"], df["problem"], strict=True) if p})
+    return "; ".join(labels) if labels else "here every task was run at one setting"
+
+
 def _caveats_section(df: pd.DataFrame, tol_db: float) -> str:
     ok = df[df["status"] == "ok"]
     quality = ok[ok["psnr_db"].notna() & (ok["model"] != "classical")]
@@ -305,11 +322,13 @@ def _caveats_section(df: pd.DataFrame, tol_db: float) -> str:
     )
     devices = ", ".join(sorted({d for d in df["device"] if d})) or MISSING
     items = [
-        "**Data.** `runs.csv` does not name the datasets. Unless the sweep configured real data (CelebA, "
-        "LoDoPaB-CT, fastMRI), the tasks use the small embedded offline datasets of `bench/data/datasets.py` "
+        f"**Data.** {_data_text(df)} The embedded offline datasets of `bench/data/datasets.py` "
         "(natural-image crops from scikit-image samples, random-ellipse phantoms, slices of the MNI "
-        "brain template), which are far smaller than the paper's. Image sizes here: "
+        "brain template) are far smaller than the paper's. Image sizes here: "
         f"{_values(df['image_size'])}; batch sizes: {_values(df['batch_size'])}.",
+        "**Problem settings.** Runs of one task at different operator settings, noise levels, data or "
+        "precision solve different problems: they are compared and plotted separately, labelled by "
+        f"what differs ({_problems_text(df)}).",
         f"**Training budget.** Trained (quality) runs used these numbers of steps: {budgets or 'none'}. "
         "PSNR after a short budget is not converged quality, and LU and LUSER may converge at different "
         "speeds. Runs with `steps` = 0 (profile) measure memory and time only.",

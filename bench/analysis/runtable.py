@@ -24,6 +24,8 @@ STRING_COLUMNS: tuple[str, ...] = (
     "cuda_version", "git_sha", "timestamp", "model_extra", "operator_settings", "precision", "data",
 )  # fmt: skip
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
+#: Columns added to the run row after tables were already written: empty when a table lacks them.
+LATER_COLUMNS: tuple[str, ...] = ("noise_sigma", "operator_settings", "precision", "data")
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
 
 MIB = 2**20
@@ -90,6 +92,9 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
         ) from None
     raw.columns = [str(c).strip() for c in raw.columns]
+    for col in LATER_COLUMNS:
+        if col not in raw.columns:
+            raw[col] = ""
     missing = [c for c in RUN_COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(
@@ -109,16 +114,65 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
         df[col.removesuffix("_bytes") + "_mib"] = df[col] / MIB
     records = df.to_dict("records")
     df["config"] = [config_label(r) for r in records]
-    df["setting"] = [setting_label(r["batch_size"], r["image_size"]) for r in records]
+    df["problem"] = problem_labels(df)
+    # Within a task, the rank of its problem label (0 = the first, sorted): figures give each a row.
+    df["problem_rank"] = df.groupby("task")["problem"].transform(
+        lambda s: s.map({p: i for i, p in enumerate(sorted(set(s)))})
+    )
+    df["setting"] = [
+        setting_label(r["batch_size"], r["image_size"], p)
+        for r, p in zip(records, df["problem"], strict=True)
+    ]
     df.attrs["rows_read"] = len(raw)
     df.attrs["source"] = str(csv_path)
     return df
 
 
-def setting_label(batch_size: object, image_size: object) -> str:
-    """``"B=8, 128×128"``."""
+def setting_label(batch_size: object, image_size: object, problem: str = "") -> str:
+    """``"B=8, 128×128"``, followed by the problem label when there is one (``"B=8, 32×32, n_angles=30"``)."""
     n = int_text(image_size)
-    return f"B={int_text(batch_size)}, {n}×{n}"
+    return f"B={int_text(batch_size)}, {n}×{n}" + (f", {problem}" if problem else "")
+
+
+def _json_dict(text: object) -> dict[str, Any]:
+    text = str(text or "").strip()
+    return json.loads(text) if text.startswith("{") else {}
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, list):
+        return f"[{len(value)} values: {float(min(value)):g}..{float(max(value)):g}]" if value else "[]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def problem_labels(df: pd.DataFrame) -> list[str]:
+    """Per run, the problem settings that vary among the runs of its task, e.g. ``"n_angles=30"``,
+    ``"σ=0.02, bf16"``, ``"data=celeba/test"``; empty where nothing varies.
+
+    Problem settings are the operator's settings (the ``operator_settings`` JSON), the noise level,
+    the networks' precision and the data. Runs whose labels differ solve different problems (or
+    compute differently) and are never compared as one setting.
+    """
+    parts: dict[int, list[str]] = {i: [] for i in df.index}
+    for _, rows in df.groupby("task", sort=False):
+        ops = {i: _json_dict(rows.at[i, "operator_settings"]) for i in rows.index}
+        keys = sorted({k for d in ops.values() for k in d})
+        for key in keys:
+            if len({json.dumps(d.get(key)) for d in ops.values()}) > 1:
+                for i, d in ops.items():
+                    parts[i].append(f"{key}={_value_text(d[key])}" if key in d else f"{key}=default")
+        if rows["noise_sigma"].nunique(dropna=False) > 1:
+            for i in rows.index:
+                parts[i].append(f"σ={int_text(rows.at[i, 'noise_sigma'])}")
+        if rows["data"].nunique() > 1:
+            for i in rows.index:
+                d = _json_dict(rows.at[i, "data"])
+                parts[i].append(f"data={d['name']}/{d['split']}" if d else "data=embedded")
+        precision = rows["precision"].replace("", "fp32")
+        if precision.nunique() > 1:
+            for i in rows.index:
+                parts[i].append(str(precision[i]))
+    return [", ".join(parts[i]) for i in df.index]
 
 
 def ordered_tasks(tasks: Sequence[str]) -> list[str]:
