@@ -15,6 +15,7 @@ from operators.ct import ParallelBeamCT, limited_angles, uniform_angles
 from operators.masks import MASKS, equispaced_mask, gaussian_mask, random_mask
 from operators.mri import SingleCoilMRI, fft2c, ifft2c
 from operators.noise import gaussian_noise
+from operators.settings import Setting, check_settings
 
 OPERATORS: dict[str, type[LinearOperator]] = {"blur": Blur, "ct": ParallelBeamCT, "mri": SingleCoilMRI}
 
@@ -26,14 +27,24 @@ def build_operator(name: str, **kwargs: Any) -> LinearOperator:
     return OPERATORS[name](**kwargs)
 
 
+def check_operator_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments of operator ``name`` checked against its class's ``SETTINGS``
+    (``operators/settings.py``), in canonical form; errors name the operator, key and what is accepted."""
+    if name not in OPERATORS:
+        raise KeyError(f"unknown operator {name!r}; known operators: {sorted(OPERATORS)}")
+    return check_settings(f"operator {name!r}", OPERATORS[name].SETTINGS, kwargs)
+
+
 __all__ = [
     "MASKS",
     "OPERATORS",
     "Blur",
     "LinearOperator",
     "ParallelBeamCT",
+    "Setting",
     "SingleCoilMRI",
     "build_operator",
+    "check_operator_kwargs",
     "equispaced_mask",
     "fft2c",
     "gaussian_kernel",

@@ -2,7 +2,7 @@
 
 Every operator class lists its settable constructor arguments in ``SETTINGS`` (name -> `Setting`):
 the type, the range or the choices. Sweep files, spec validation and any other caller ask the class
-(``check_operator_kwargs("ct", {"n_angles": 30})``) instead of keeping their own table, so a new
+(``operators.check_operator_kwargs("ct", {"n_angles": 30})``) instead of keeping their own table, so a new
 argument is settable everywhere once the class declares it. ``image_size`` is not a setting (it is
 a task size, set on its own), nor are explicit tensors (a blur ``kernel``, an MRI ``mask``): the
 settings that generate them (kernel size and sigma; mask type, acceleration, centre fraction, seed)
@@ -94,12 +94,3 @@ def check_settings(owner: str, settings: Mapping[str, Setting], kwargs: Mapping[
                 f"{owner}: setting {key!r} must be {settings[key].describe()}, got {value!r}"
             ) from None
     return out
-
-
-def check_operator_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Check constructor arguments of operator ``name`` against its class's ``SETTINGS``."""
-    from operators import OPERATORS
-
-    if name not in OPERATORS:
-        raise KeyError(f"unknown operator {name!r}; known operators: {sorted(OPERATORS)}")
-    return check_settings(f"operator {name!r}", OPERATORS[name].SETTINGS, kwargs)

@@ -24,8 +24,7 @@ from bench.harness.specs import (
 )
 from models import build_model
 from models.precision import Autocast, set_precision
-from operators import OPERATORS, gaussian_kernel
-from operators.settings import check_operator_kwargs
+from operators import OPERATORS, check_operator_kwargs, gaussian_kernel
 
 SMALL = dict(image_size=16, batch_size=2, n_train=2, n_test=2, device="cpu", cpu_threads=1)
 LU_SMALL = dict(model="lu", n_iters=2, reg_depth=3, reg_width=8)

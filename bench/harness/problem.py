@@ -61,7 +61,7 @@ def normalise_operator(task: str, settings: Pairs) -> Pairs:
     """Checked settings in canonical form, sorted, without those equal to the task's default.
 
     Raises ``ValueError`` naming the operator, the key and what it accepts."""
-    from operators.settings import check_operator_kwargs
+    from operators import check_operator_kwargs
 
     checked = check_operator_kwargs(_task(task).operator, dict(settings))
     defaults = operator_defaults(task)
