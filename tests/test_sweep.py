@@ -223,7 +223,7 @@ def test_submitit_local_executor_writes_rows(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_preset_runs_every_task_and_model_ok(tmp_path: Path) -> None:
-    """End to end: the smoke preset (17 runs, about 15 s) gives one ok row per run with its metrics."""
+    """End to end: the smoke preset (19 runs, about 15 s) gives one ok row per run with its metrics."""
     out = tmp_path / "smoke"
     assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
     rows = read_rows(out / "runs.csv")

@@ -115,9 +115,9 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     records = df.to_dict("records")
     df["config"] = [config_label(r) for r in records]
     df["problem"] = problem_labels(df)
-    # Within a task, the rank of its problem label (0 = the first, sorted): figures give each a row.
+    # Within a task, the rank of its problem label (0 = the one with most runs): figures give each a row.
     df["problem_rank"] = df.groupby("task")["problem"].transform(
-        lambda s: s.map({p: i for i, p in enumerate(sorted(set(s)))})
+        lambda s: s.map({p: i for i, p in enumerate(sorted(set(s), key=lambda p: (-(s == p).sum(), p)))})
     )
     df["setting"] = [
         setting_label(r["batch_size"], r["image_size"], p)
