@@ -135,3 +135,14 @@ def test_too_few_images_and_bad_split_are_sweep_errors(roots: dict[str, Path]):
         malformed.write_text(saved)
     with pytest.raises(DatasetFormatError, match="expected layout"):
         build_task("ct", data="lodopab", data_root=str(roots["celeba"]))
+
+
+@pytest.mark.parametrize(("name", "n_specs"), [("celeba", 2), ("lodopab", 4), ("fastmri", 4)])
+def test_example_sweep_files_are_valid_sweeps(name: str, n_specs: int, roots: dict[str, Path]):
+    import re
+
+    text = (Path(__file__).parents[1] / "examples" / "sweeps" / f"{name}.toml").read_text()
+    text = re.sub(r'data_root = "[^"]*"', f'data_root = "{roots[name]}"', text)
+    text = re.sub(r"n_train = \d+", "n_train = 2", re.sub(r"n_test = \d+", "n_test = 2", text))
+    sweep = loads_sweep(text)
+    assert len(sweep.specs) == n_specs and {s.data for s in sweep.specs} == {name}
