@@ -54,27 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import problem
-
-#: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/harness/run.py):
-#: "nan" makes the model output NaN from its second call, "oom" raises an out-of-memory error in a
-#: step (a real one on CUDA), "crash" SIGKILLs the run's own process, "hang" sleeps forever.
-INJECTS: tuple[str, ...] = ("", "nan", "oom", "crash", "hang")
-
-#: RunSpec fields that are model config keys (CSV columns or common knobs). Whether a model takes a
-#: key is decided by its config class, not here.
-MODEL_KEYS: tuple[str, ...] = (
-    "n_iters",
-    "reg_depth",
-    "reg_width",
-    "solver",
-    "tol",
-    "max_iter",
-    "backward",
-    "act",
-    "bwd_tol",
-    "bwd_max_iter",
-)
-
+from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
 #: Smallest allowed value of the harness's integer fields (None, where allowed, means a default).
 _HARNESS_MINIMUMS: dict[str, int] = {
@@ -128,7 +108,7 @@ class RunSpec:
     timed_steps: int = 3
     device: str = ""  # "" picks cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
-    inject: str = ""  # testing aid, see INJECTS
+    inject: str = ""  # testing aid: a name of bench.schema.FAULT_NAMES, or "" for none
     # The problem beside the model (bench/harness/problem.py).
     #: Operator settings that differ from the task's default, sorted (key, value) pairs; a sweep sets
     #: them as ``operator.KEY`` (e.g. ``operator.n_angles = [30, 60]``).
@@ -549,13 +529,6 @@ def load_preset(name: str) -> Sweep:
     return loads_sweep(text, default_name=name, source=f"preset {name!r}")
 
 
-#: Run-row columns that come straight from the spec (see ARCHITECTURE.md, "The run row").
-SPEC_COLUMNS: tuple[str, ...] = (
-    "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward",
-    "batch_size", "image_size", "steps", "seed", "lr",
-)  # fmt: skip
-
-
 def spec_columns(spec: RunSpec) -> dict[str, Any]:
     """run_id and the spec's CSV columns (effective values: the spec is normalised first)."""
     spec = normalise(spec)
@@ -563,6 +536,7 @@ def spec_columns(spec: RunSpec) -> dict[str, Any]:
     row.update({c: getattr(spec, c) for c in SPEC_COLUMNS})
     # The model's other config keys (e.g. a classical method, x0), so every row names its configuration.
     row["model_extra"] = json.dumps(dict(spec.model_extra), sort_keys=True) if spec.model_extra else ""
+    # The problem beside the model (bench.schema.PROBLEM_COLUMNS).
     row["noise_sigma"] = spec.noise_sigma
     row["operator_settings"] = problem.operator_column(spec.task, spec.operator)
     row["precision"] = spec.precision

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.analysis.compare import CLAIMED_RATIO
-from bench.analysis.runtable import MODEL_ORDER
+from bench.analysis.runtable import MODEL_ORDER, setting_label
 
 # --------------------------------------------------------------------------------------------------
 # Ordering and markers
@@ -135,15 +135,32 @@ class FigureEntry:
 
 # --------------------------------------------------------------------------------------------------
 # Selections of the run table
-def settings_of(df: pd.DataFrame) -> list[tuple[float, float]]:
-    """The (batch size, image size) pairs of the rows, sorted (missing values as 0)."""
-    pairs = df[["batch_size", "image_size"]].fillna(0).drop_duplicates().itertuples(index=False)
-    return sorted((float(b), float(n)) for b, n in pairs)
+def settings_of(df: pd.DataFrame) -> list[tuple[float, float, int]]:
+    """The (batch size, image size, problem rank) triples of the rows, sorted (missing values as 0).
+
+    The problem rank (``runtable``'s ``problem_rank``: 0 for a task's most-run problem setting) gives
+    each problem of a task (operator settings, noise, data, precision) a panel row of its own, so runs
+    of different problems never share a panel."""
+    cols = df[["batch_size", "image_size"]].fillna(0).assign(rank=_problem_rank(df)).drop_duplicates()
+    return sorted((float(b), float(n), int(r)) for b, n, r in cols.itertuples(index=False))
 
 
-def in_setting(df: pd.DataFrame, setting: tuple[float, float]) -> pd.DataFrame:
-    """The rows at one (batch size, image size) pair of :func:`settings_of`."""
-    return df[(df["batch_size"].fillna(0) == setting[0]) & (df["image_size"].fillna(0) == setting[1])]
+def _problem_rank(df: pd.DataFrame) -> pd.Series:
+    return df["problem_rank"] if "problem_rank" in df.columns else pd.Series(0, index=df.index)
+
+
+def in_setting(df: pd.DataFrame, setting: tuple[float, float, int]) -> pd.DataFrame:
+    """The rows at one (batch size, image size, problem rank) of :func:`settings_of`."""
+    b, n, rank = setting
+    same_size = (df["batch_size"].fillna(0) == b) & (df["image_size"].fillna(0) == n)
+    return df[same_size & (_problem_rank(df) == rank)]
+
+
+def panel_title(df: pd.DataFrame, task: str, setting: tuple[float, float, int]) -> str:
+    """``"ct  ·  B=2, 32×32, n_angles=30"``: the task, the sizes and the task's problem label there."""
+    here = in_setting(df[df["task"] == task], setting)
+    problem = str(here["problem"].iloc[0]) if "problem" in here.columns and len(here) else ""
+    return f"{task}  ·  {setting_label(setting[0], setting[1], problem)}"
 
 
 def num_text(value: object) -> str:

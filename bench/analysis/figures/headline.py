@@ -75,7 +75,7 @@ def _panel(ax: Axes, comp: Comparison, lu: pd.Series, style: Style, tol_db: floa
     ax.set_xticks(range(len(bars)), [f"{role}\n{row['config']}" for role, row in bars], fontsize=7.5)
     _claim_lines(ax)
     ax.set_title(
-        f"{comp.task}: {comp.verdict.upper()}\n{comp.basis}; K={int_text(lu['n_iters'])}, {lu['setting']}",
+        f"{comp.name}: {comp.verdict.upper()}\n{comp.basis}; K={int_text(lu['n_iters'])}, {lu['setting']}",
         fontsize=9.5,
     )
     return top, any_short
@@ -95,7 +95,7 @@ def _label_claim(ax: Axes) -> None:
 
 
 def _notes(comparisons: list[Comparison]) -> list[str]:
-    notes = [f"{c.task}: {c.note}" for c in comparisons if c.note]
+    notes = [f"{c.name}: {c.note}" for c in comparisons if c.note]
     notes.append(
         "Above each bar: saving over plain LU, tracked peak memory of one training step, test PSNR "
         "(difference to plain LU). Plain LU: the LU run with the highest PSNR. Checkpointed LU: same K, "

@@ -25,10 +25,11 @@ from bench.analysis.figures.common import (
     in_setting,
     mark_failed,
     new_figure,
+    panel_title,
     plain_log,
     settings_of,
 )
-from bench.analysis.runtable import int_text, ordered_tasks, setting_label
+from bench.analysis.runtable import int_text, ordered_tasks
 
 
 def _draw_points(ax: Axes, here: pd.DataFrame, style: Style) -> None:
@@ -119,7 +120,7 @@ def psnr_vs_memory(runs: pd.DataFrame, ctx: FigureContext) -> Figure | str:
     for i, setting in enumerate(settings):
         for j, task in enumerate(tasks):
             ax = axes[i, j]
-            ax.set_title(f"{task}  ·  {setting_label(*setting)}", fontsize=10)
+            ax.set_title(panel_title(trained, task, setting), fontsize=10)
             here = in_setting(trained[trained["task"] == task], setting)
             if here.empty:
                 empty_axis(ax, "no quality runs in this setting")

@@ -29,10 +29,11 @@ from bench.analysis.figures.common import (
     main_solver_setting,
     mark_failed,
     new_figure,
+    panel_title,
     plain_log,
     settings_of,
 )
-from bench.analysis.runtable import ordered_tasks, setting_label
+from bench.analysis.runtable import ordered_tasks
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def plot_vs_k(runs: pd.DataFrame, ctx: FigureContext, curve: KCurve) -> Figure |
     for i, setting in enumerate(settings):
         for j, task in enumerate(tasks):
             ax = axes[i, j]
-            ax.set_title(f"{task}  ·  {setting_label(*setting)}", fontsize=10)
+            ax.set_title(panel_title(both, task, setting), fontsize=10)
             here = in_setting(ok[ok["task"] == task], setting)
             fails = in_setting(failed[failed["task"] == task], setting)
             cuda, flat = _panel(ax, here, fails, ctx.style, curve, all_k, curve.ylabel if j == 0 else "")
