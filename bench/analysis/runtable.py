@@ -26,6 +26,10 @@ STRING_COLUMNS: tuple[str, ...] = (
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
 
+#: Columns added to the run row later than the others: a table written before them reads them as not
+#: measured (empty) instead of being refused.
+LATER_COLUMNS: tuple[str, ...] = ("alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps")
+
 MIB = 2**20
 TASK_ORDER: tuple[str, ...] = ("deblur", "ct", "mri")
 MODEL_ORDER: tuple[str, ...] = ("lu", "lu_ckpt", "luser", "deq", "classical")
@@ -90,6 +94,9 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
         ) from None
     raw.columns = [str(c).strip() for c in raw.columns]
+    for col in LATER_COLUMNS:
+        if col not in raw.columns:
+            raw[col] = ""
     missing = [c for c in RUN_COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(
