@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from bench.schema import COLUMNS as RUN_COLUMNS
-from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 from bench.schema import LATER_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 
 # --------------------------------------------------------------------------------------------------
 # The run row (ARCHITECTURE.md, "The run row", names in bench.schema): RUN_COLUMNS in this order;
