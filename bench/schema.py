@@ -24,8 +24,13 @@ COLUMNS: tuple[str, ...] = (
     "tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "operator_bytes",
     "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
     "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra", "noise_sigma", "operator_settings", "precision",
-    "data",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "alloc_peak_bytes", "steady_peak_bytes",
+    "leaked_bytes", "steady_steps", "noise_sigma", "operator_settings", "precision", "data",
+)  # fmt: skip
+#: Columns added after the first ones: a table written before them reads them as not measured.
+LATER_COLUMNS: tuple[str, ...] = (
+    "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "noise_sigma", "operator_settings",
+    "precision", "data",
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.
@@ -45,9 +50,6 @@ STRING_COLUMNS: tuple[str, ...] = (
 #: Columns of the problem a run solved beside its model (`bench.harness.problem`): the effective noise
 #: level, operator settings (JSON), the networks' precision and the data (JSON), in COLUMNS order.
 PROBLEM_COLUMNS: tuple[str, ...] = ("noise_sigma", "operator_settings", "precision", "data")
-#: Columns added after run tables were already written: readers fill them with empty values when a
-#: table lacks them.
-LATER_COLUMNS: tuple[str, ...] = PROBLEM_COLUMNS
 
 #: A row's status: the run's outcome.
 STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")

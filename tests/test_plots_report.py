@@ -314,3 +314,11 @@ def test_report_regeneration_is_byte_identical(built) -> None:
     sweep, first = built
     path = report.write_report(sweep, psnr_tol_db=0.5)
     assert path.read_bytes() == first
+
+
+def test_a_table_written_before_the_later_columns_reads_them_as_not_measured() -> None:
+    header = FIXTURE.read_text().splitlines()[0].split(",")
+    assert not set(runtable.LATER_COLUMNS) & set(header)  # the fixture predates them
+    df = runtable.load_runs(FIXTURE)
+    assert all((df[c].isna() | (df[c] == "")).all() for c in runtable.LATER_COLUMNS)  # text ones: empty
+    assert df["tracked_peak_bytes"].notna().any()

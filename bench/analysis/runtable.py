@@ -25,6 +25,7 @@ from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figur
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
 
+
 MIB = 2**20
 
 
