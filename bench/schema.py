@@ -29,8 +29,8 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 #: Columns added after the first ones: a table written before them reads them as not measured.
 LATER_COLUMNS: tuple[str, ...] = (
-    "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "noise_sigma", "operator_settings",
-    "precision", "data",
+    "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps",
+    "noise_sigma", "operator_settings", "precision", "data",
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.
