@@ -146,7 +146,8 @@ def test_a_plateau_run_writes_its_columns_and_curve() -> None:
     # min_delta 50 dB: nothing counts as a gain, so it stops after 1 + 2 validations
     assert row["stopped_by"] == "plateau" and row["steps_run"] == 12 and row["best_step"] in (4, 8, 12)
     assert row["val_psnr_db"] == max(p.val_psnr_db for p in curve) and len(curve) == 3
-    assert (row["val_every"], row["patience"], row["min_delta_db"], row["lr_schedule"]) == (4, 2, 50.0, "constant")
+    settings = (row["val_every"], row["patience"], row["min_delta_db"], row["lr_schedule"])
+    assert settings == (4, 2, 50.0, "constant")
 
 
 # ----------------------------------------------------------------------------- curves.csv
@@ -176,7 +177,7 @@ def test_killed_and_resumed_sweep_has_every_curve_row_exactly_once(tmp_path: Pat
     sweep = tmp_path / "curves.toml"
     sweep.write_text(
         '[sweep]\nname = "c"\n[defaults]\ntask = "deblur"\nmodel = "lu"\nn_iters = 1\nreg_depth = 2\n'
-        'reg_width = 4\nimage_size = 16\nbatch_size = 2\nn_train = 4\nn_test = 2\nn_val = 2\n'
+        "reg_width = 4\nimage_size = 16\nbatch_size = 2\nn_train = 4\nn_test = 2\nn_val = 2\n"
         'warmup_steps = 0\ntimed_steps = 0\ndevice = "cpu"\ncpu_threads = 1\nval_every = 10\n'
         "[[grid]]\nseed = 0\nsteps = 30\n[[grid]]\nseed = [1, 2]\nsteps = 200\n"
     )

@@ -34,15 +34,17 @@ Splits and seeds. Every task has three disjoint splits, ``train``, ``val`` (mode
 plateau stopping in `bench.harness.train`) and ``test`` (the reported scores):
 
 - deblur: by scikit-image *picture* (``datasets.NATURAL_SPLITS``: 9 train, 4 val, 5 test pictures);
-- ct: by *phantom seed* (the phantoms of each split come from a random stream of its own, below);
+- ct: by *phantom seed* (the phantoms of each split come from a random stream of its own);
 - mri: by *slice* (``datasets.mni_split_positions``: 42 train, 6 val, 12 test slices).
 
-The test images are fixed: they do not depend on ``seed`` (always the test stream), so runs with
-different seeds are scored on the same images and ``test_measurements()`` (noise from a fixed seed)
-is the same in every build with the same size and noise level. ``seed`` picks the training and the
-validation images (which crops, which phantoms, which MNI training slices, and the phases). The
-validation noise comes from a fixed seed of its own. The operator is fixed by the spec (e.g. the MRI
-mask uses the operator's default seed), not by ``seed``.
+Every random stream comes from `bench.data.seeds` (one named stream each: ``train_images``,
+``val_images``, ``test_images``, ``train_phase``, ``val_phase``, ``test_phase``, ``val_noise``,
+``test_noise``). The test images are fixed: their streams do not depend on ``seed``, so runs with
+different seeds are scored on the same images and ``test_measurements()`` is the same in every build
+with the same size and noise level. ``seed`` picks the training and validation images (which crops,
+which phantoms, which MNI training slices, and their phases) and the validation noise.
+The operator is fixed by the spec (e.g. the MRI mask uses the operator's default seed), not by
+``seed``.
 """
 
 from __future__ import annotations
@@ -54,24 +56,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.data import datasets
+from bench.data import datasets, seeds
 from operators import build_operator
 from operators.base import LinearOperator
 from operators.noise import gaussian_noise
 
-# Random streams: the generator seed of stream k for user seed s is 4 s + k, so the fixed test stream
-# (s = 0, k = 1) never coincides with a training (k = 0) or validation (k = 3) stream for any s >= 0.
-_TRAIN_STREAM, _TEST_STREAM, _VAL_STREAM = 0, 1, 3
-_TEST_NOISE_SEED = 1_000_003  # the seed of the noise in test_measurements()
-_VAL_NOISE_SEED = 2_000_003  # the seed of the noise in val_measurements()
 CT_MEAN_ABS_SINOGRAM = 0.31  # documented reference for the CT noise level; checked by tests/test_tasks.py
 
 
-def _stream_seed(seed: int, stream: int) -> int:
-    return 4 * seed + stream
-
-
 def _generator(seed: int) -> torch.Generator:
+    """A CPU generator from a seed `bench.data.seeds.stream_seed` derived."""
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
@@ -210,8 +204,8 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-#: Held-out split -> the seed of its measurement noise.
-HELD_OUT_NOISE_SEEDS: dict[str, int] = {"val": _VAL_NOISE_SEED, "test": _TEST_NOISE_SEED}
+#: Held-out split -> the `bench.data.seeds` stream of its measurement noise.
+HELD_OUT_NOISE_STREAMS: dict[str, str] = {"val": "val_noise", "test": "test_noise"}
 
 
 @dataclass
@@ -230,6 +224,7 @@ class Task:
     x_test: Tensor = field(repr=False)
     x_val: Tensor = field(repr=False)
     noise_sigma: float
+    seed: int = 0  # the run's seed (the validation noise follows it; the test noise is fixed)
     _y_cache: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def measure(self, x: Tensor, generator: torch.Generator) -> Tensor:
@@ -247,17 +242,19 @@ class Task:
         return y + NOISE_SUPPORTS[self.spec.noise_support](self.operator, noise)
 
     def images(self, split: str) -> Tensor:
-        """The ground-truth images of a held-out ``split`` (a key of ``HELD_OUT_NOISE_SEEDS``)."""
-        if split not in HELD_OUT_NOISE_SEEDS:
-            raise KeyError(f"unknown held-out split {split!r}; known: {sorted(HELD_OUT_NOISE_SEEDS)}")
+        """The ground-truth images of a held-out ``split`` (a key of ``HELD_OUT_NOISE_STREAMS``)."""
+        if split not in HELD_OUT_NOISE_STREAMS:
+            raise KeyError(f"unknown held-out split {split!r}; known: {sorted(HELD_OUT_NOISE_STREAMS)}")
         return self.x_val if split == "val" else self.x_test
 
     def measurements(self, split: str) -> Tensor:
-        """``A x + n`` of a held-out ``split`` with noise from that split's fixed seed; cached."""
+        """``A x + n`` of a held-out ``split`` with noise from that split's stream; cached."""
         if split not in self._y_cache:
             x = self.images(split)
             with torch.no_grad():
-                self._y_cache[split] = self.measure(x, _generator(HELD_OUT_NOISE_SEEDS[split]))
+                self._y_cache[split] = self.measure(
+                    x, seeds.generator(self.seed, HELD_OUT_NOISE_STREAMS[split])
+                )
         return self._y_cache[split]
 
     def test_measurements(self) -> Tensor:
@@ -265,7 +262,7 @@ class Task:
         return self.measurements("test")
 
     def val_measurements(self) -> Tensor:
-        """``A x_val + n`` with noise from a fixed seed (not the test one); computed once and cached."""
+        """``A x_val + n`` with noise from the run's validation-noise stream; computed once and cached."""
         return self.measurements("val")
 
     def to_metric_image(self, x: Tensor) -> Tensor:
@@ -316,13 +313,13 @@ def build_task(
     op = build_operator(spec.operator, image_size=size, **op_kw).to(device)
     channels = op.in_shape[0]
     source = IMAGE_SOURCES[spec.images]
-    x_train = source("train", n_tr, size, channels, _stream_seed(seed, _TRAIN_STREAM))
-    x_test = source("test", n_te, size, channels, _stream_seed(0, _TEST_STREAM))
-    x_val = source("val", n_va, size, channels, _stream_seed(seed, _VAL_STREAM))
-    if op.is_complex:  # magnitude x smooth phase; phase seeds from the same streams
-        x_train = _with_phase(x_train, _stream_seed(seed, _TRAIN_STREAM))
-        x_test = _with_phase(x_test, _stream_seed(0, _TEST_STREAM))
-        x_val = _with_phase(x_val, _stream_seed(seed, _VAL_STREAM))
+    x_train = source("train", n_tr, size, channels, seeds.stream_seed(seed, "train_images"))
+    x_test = source("test", n_te, size, channels, seeds.stream_seed(seed, "test_images"))
+    x_val = source("val", n_va, size, channels, seeds.stream_seed(seed, "val_images"))
+    if op.is_complex:  # magnitude x smooth phase, each phase from a stream of its own
+        x_train = _with_phase(x_train, seeds.generator(seed, "train_phase"))
+        x_test = _with_phase(x_test, seeds.generator(seed, "test_phase"))
+        x_val = _with_phase(x_val, seeds.generator(seed, "val_phase"))
     return Task(
         name=name,
         spec=spec,
@@ -331,12 +328,12 @@ def build_task(
         x_test=x_test.to(device=op.device, dtype=op.dtype),
         x_val=x_val.to(device=op.device, dtype=op.dtype),
         noise_sigma=sigma,
+        seed=seed,
     )
 
 
-def _with_phase(magnitude: Tensor, seed: int) -> Tensor:
-    """``magnitude * exp(i phase)`` with a smooth seeded phase (``datasets.smooth_phase``)."""
+def _with_phase(magnitude: Tensor, generator: torch.Generator) -> Tensor:
+    """``magnitude * exp(i phase)`` with a smooth phase drawn from `generator` (``datasets.smooth_phase``)."""
     n, _, size, _ = magnitude.shape
-    # A generator of its own (seed + 2 keeps it off the image streams 4 s + 0, 4 s + 1 and 4 s + 3).
-    phase = datasets.smooth_phase(n, size, _generator(seed + 2))  # (n, 1, size, size)
+    phase = datasets.smooth_phase(n, size, generator)  # (n, 1, size, size)
     return torch.polar(magnitude, phase)
