@@ -34,8 +34,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from models.checks import check_int
 from models.deq import deq_solve
-from models.regularisers import CELL_DEPTHS, _bias, _check_positive_int, _conv3x3, make_activation
+from models.regularisers import CELL_DEPTHS, _bias, _conv3x3, make_activation
 
 if TYPE_CHECKING:
     from models.deq import DEQConfig, DEQStats
@@ -91,8 +92,8 @@ class FeatureCell(nn.Module):
         sn_scale: float = 0.9,
     ) -> None:
         super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("width", width)
+        check_int("channels", channels)
+        check_int("width", width)
         if depth not in CELL_DEPTHS:
             raise ValueError(f"FeatureCell depth must be one of {CELL_DEPTHS}, got {depth!r}")
         if not 0.0 < sn_scale <= 1.0:

@@ -100,3 +100,20 @@ def test_feature_cell_rejects_bad_shapes_and_depths() -> None:
         FeatureCell(1, depth=4)
     with pytest.raises(ValueError, match="expects v of shape \\(B, 2, H, W\\)"):
         FeatureCell(2, width=4).injection(torch.zeros(1, 1, 4, 4))
+
+
+def test_luser_builds_the_cell_it_is_asked_for_and_rejects_unknown_cells() -> None:
+    from models import build_model
+    from models.regularisers import EquilibriumCell
+    from operators import build_operator
+
+    op = build_operator("blur", image_size=12)
+    feature = build_model("luser", op, cell="feature", n_iters=2, reg_width=4)
+    image = build_model("luser", op, n_iters=2, reg_width=4)
+    assert all(isinstance(c, FeatureCell) for c in feature.cells)
+    assert all(isinstance(c, EquilibriumCell) for c in image.cells)
+    y = torch.rand(2, 1, 12, 12)
+    recon = feature(y, op)
+    assert recon.x.shape == (2, 1, 12, 12) and len(recon.stats) == 2
+    with pytest.raises(ValueError, match="cell must be one of \\['feature', 'image'\\]"):
+        build_model("luser", op, cell="pixel")

@@ -42,10 +42,22 @@ def int_text(value: object) -> str:
     return "?" if math.isnan(number) else f"{number:g}"
 
 
+def model_extra(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_extra`` JSON column as a dict (empty when blank)."""
+    extra = str(row.get("model_extra", "") or "").strip()
+    return dict(json.loads(extra)) if extra.startswith("{") else {}
+
+
+def _luser_label(row: Mapping[str, Any]) -> str:
+    """``"LUSER 2-layer ift"`` (image cell) or ``"LUSER feature 2-layer ift"``."""
+    cell = model_extra(row).get("cell", "image")
+    kind = "" if cell == "image" else f"{cell} "
+    return f"LUSER {kind}{int_text(row['reg_depth'])}-layer {row['backward'] or '?'}"
+
+
 def _classical_method(row: Mapping[str, Any]) -> str:
     """The classical method's name: ``method`` in the ``model_extra`` JSON column, else ``solver``."""
-    extra = str(row.get("model_extra", "") or "").strip()
-    method = json.loads(extra).get("method", "") if extra.startswith("{") else ""
+    method = model_extra(row).get("method", "")
     method = str(method or row.get("solver", "") or "").strip()
     return method.replace("_", "-")
 
@@ -53,7 +65,7 @@ def _classical_method(row: Mapping[str, Any]) -> str:
 CONFIG_LABELS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "lu": lambda r: f"LU D={int_text(r['reg_depth'])}",
     "lu_ckpt": lambda r: f"LU-ckpt D={int_text(r['reg_depth'])}",
-    "luser": lambda r: f"LUSER {int_text(r['reg_depth'])}-layer {r['backward'] or '?'}",
+    "luser": _luser_label,
     "deq": lambda r: f"DEQ D={int_text(r['reg_depth'])}" + (f" {r['backward']}" if r["backward"] else ""),
     "classical": lambda r: f"classical {_classical_method(r)}".strip(),
 }
