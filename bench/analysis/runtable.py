@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.harness.curves import CURVE_COLUMNS, CURVES_FILE
 from bench.harness.results import COLUMNS as RUN_COLUMNS
 
 # --------------------------------------------------------------------------------------------------
@@ -124,6 +125,22 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     df["setting"] = [setting_label(r["batch_size"], r["image_size"]) for r in records]
     df.attrs["rows_read"] = len(raw)
     df.attrs["source"] = str(csv_path)
+    return df
+
+
+def load_curves(dir_or_csv: str | Path) -> pd.DataFrame:
+    """The learning curves beside a run table (``DIR/curves.csv``), numeric columns as numbers; an
+    empty table (with the columns) when the file is absent. Raises ``ValueError`` for a wrong header."""
+    path = Path(dir_or_csv)
+    folder = path if path.is_dir() else path.parent
+    curve_path = folder / CURVES_FILE
+    if not curve_path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
+    df = pd.read_csv(curve_path, dtype=str, keep_default_na=False)
+    if tuple(df.columns) != CURVE_COLUMNS:
+        raise ValueError(f"{curve_path}: expected the columns {list(CURVE_COLUMNS)}, got {list(df.columns)}")
+    for col in CURVE_COLUMNS[1:]:
+        df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
     return df
 
 
