@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.results import _cell, _repair_torn_tail, locked
+from bench.schema import CURVE_COLUMNS
 
-CURVE_COLUMNS: tuple[str, ...] = ("run_id", "step", "train_loss", "val_psnr_db", "elapsed_s", "lr")
 CURVES_FILE = "curves.csv"
 
 

@@ -57,9 +57,6 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "cosine": lambda t, total: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / max(total, 1))),
 }
 
-#: Values of ``stopped_by``: the validation plateau, or the step budget.
-STOP_REASONS: tuple[str, ...] = ("plateau", "max_steps")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
