@@ -25,8 +25,14 @@ COLUMNS: tuple[str, ...] = (
     "tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "operator_bytes",
     "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
     "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra", "val_every", "patience", "min_delta_db",
-    "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "alloc_peak_bytes", "steady_peak_bytes",
+    "leaked_bytes", "steady_steps", "val_every", "patience", "min_delta_db", "lr_schedule", "steps_run",
+    "best_step", "stopped_by", "val_psnr_db",
+)  # fmt: skip
+#: Columns added after the first ones: a table written before them reads them as not measured.
+LATER_COLUMNS: tuple[str, ...] = (
+    "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "val_every", "patience",
+    "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db",
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.harness.curves import CURVES_FILE
 from bench.schema import COLUMNS as RUN_COLUMNS
-from bench.schema import CURVE_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import CURVE_COLUMNS, LATER_COLUMNS, STRING_COLUMNS, TASK_ORDER
 from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 
 # --------------------------------------------------------------------------------------------------
@@ -25,6 +25,7 @@ from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figur
 # extra columns may follow.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
+
 
 MIB = 2**20
 
@@ -100,6 +101,9 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
         ) from None
     raw.columns = [str(c).strip() for c in raw.columns]
+    for col in LATER_COLUMNS:
+        if col not in raw.columns:
+            raw[col] = ""
     missing = [c for c in RUN_COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(

@@ -197,19 +197,30 @@ class PreparedRun:
         return count_params(self.model)
 
     def step(self) -> StepResult:
-        """One training step on the measurement batch (forward only for models without parameters)."""
+        """One training step on the measurement batch (forward only for models without parameters);
+        its result is kept as `last` until the next step."""
+        result = self._step()
+        self.last[:] = [result]
+        return result
+
+    def _step(self) -> StepResult:
         result = train_step(
             self.model, self.task.operator, self.x, self.y, self.optimizer, grad_clip=self.spec.grad_clip
         )
         check_finite(result, "a measurement step")
-        self.last[:] = [result]
         return result
 
-    def measure_memory(self) -> Any:
-        """`bench.meters.memory.MemoryReport` of one warm step (run the warm-up steps first)."""
-        from bench.meters.memory import measure_step_memory
+    def measure_memory(self, steady_steps: int | None = None) -> Any:
+        """`bench.meters.memory.MemoryReport` of warm steps (run the warm-up steps first).
 
-        return measure_step_memory(self.step, device=self.device)
+        The measured steps drop their results at once (`last` stays the warm-up's), so whatever
+        outlives them is what the model or optimiser keeps: ``leaked_bytes``. `steady_steps`
+        defaults to `bench.meters.memory.STEADY_STEPS`.
+        """
+        from bench.meters.memory import STEADY_STEPS, measure_step_memory
+
+        n = STEADY_STEPS if steady_steps is None else steady_steps
+        return measure_step_memory(self._step, device=self.device, steady_steps=n)
 
     def last_stats(self) -> list[Any]:
         """The DEQ stats of the last step (empty for feed-forward models)."""
@@ -269,6 +280,10 @@ def _execute(
         saved_bytes=mem.saved_bytes,
         cuda_peak_bytes=mem.cuda_peak_bytes,
         cuda_reserved_bytes=mem.cuda_reserved_bytes,
+        alloc_peak_bytes=mem.alloc_peak_bytes,
+        steady_peak_bytes=mem.steady_peak_bytes,
+        leaked_bytes=mem.leaked_bytes,
+        steady_steps=mem.steady_steps,
     )
     if memory_budget_bytes is not None:
         resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
