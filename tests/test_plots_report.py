@@ -23,7 +23,7 @@ from matplotlib.text import Text
 from bench.analysis import compare, figures, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
-CURVES_FIXTURE = Path(__file__).parent / "fixtures" / "curves_fixture.csv"  # K=5 LU-5, LU-17, LUSER
+CURVES_FIXTURE = Path(__file__).parent / "fixtures" / "curves.csv"  # beside FIXTURE: K=5 LU-5/17, LUSER
 EXPECTED_FAILED = {
     ("deblur", "LU D=17", 10, "oom"),
     ("mri", "LUSER 2-layer jfb", 10, "diverged"),
