@@ -194,7 +194,8 @@ def train(
 def evaluate(model: nn.Module, task: Any, batch_size: int) -> dict[str, float]:
     """PSNR/SSIM on the task's fixed held-out set (``task.test_measurements()``), without gradients.
 
-    Returns ``psnr_db`` and ``ssim`` (means over the test images) and the solver summary of the
+    Returns ``psnr_db`` and ``ssim`` (means over the test images; SSIM by the task's convention,
+    ``TaskSpec.ssim``) and the solver summary of the
     evaluation solves (``bench.meters.quality.solver_summary``: fwd_iters_mean, bwd_iters_mean,
     final_residual_max, converged_frac; NaN for feed-forward models). Raises `Diverged` when a
     reconstruction is non-finite.
@@ -216,7 +217,10 @@ def evaluate(model: nn.Module, task: Any, batch_size: int) -> dict[str, float]:
                 if not bool(torch.isfinite(recon.x).all()):
                     raise Diverged("non-finite reconstruction on the test set")
                 psnr, ssim = psnr_ssim(
-                    task.to_metric_image(recon.x), task.to_metric_image(x_true), task.data_range(x_true)
+                    task.to_metric_image(recon.x),
+                    task.to_metric_image(x_true),
+                    task.data_range(x_true),
+                    task.spec.ssim,
                 )
                 psnr_sum += float(psnr) * len(x_true)
                 ssim_sum += float(ssim) * len(x_true)
