@@ -153,6 +153,8 @@ class TaskSpec:
         noise_sigma: absolute std of the white Gaussian measurement noise.
         noise_support: the key in ``NOISE_SUPPORTS`` (all of y, or the sampled entries only).
         data_range: the key in ``DATA_RANGES`` (PSNR/SSIM data range per image).
+        ssim: the key in ``bench.meters.quality.SSIM_CONVENTIONS`` (Gaussian sigma 1.5 as in Wang et
+            al. for deblur and CT; fastMRI's 7x7 uniform window for MRI).
         operator_kwargs: extra constructor arguments of the operator, as (name, value) pairs.
     """
 
@@ -166,6 +168,7 @@ class TaskSpec:
     noise_sigma: float = 0.01
     noise_support: str = "full"
     data_range: str = "unit"
+    ssim: str = "gaussian"
     operator_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
@@ -194,6 +197,7 @@ TASKS: dict[str, TaskSpec] = {
         noise_sigma=0.01,
         noise_support="sampled",
         data_range="max_of_target",
+        ssim="fastmri",
         operator_kwargs=(
             ("mask_type", "random"),
             ("acceleration", 4),

@@ -322,7 +322,8 @@ def evaluate(model: nn.Module, task: Any, batch_size: int, *, split: str = "test
     """PSNR/SSIM on a held-out split of the task (``task.measurements(split)``: "test", the scores,
     or "val", model selection), without gradients.
 
-    Returns ``psnr_db`` and ``ssim`` (means over the split's images) and the solver summary of the
+    Returns ``psnr_db`` and ``ssim`` (means over the split's images; SSIM by the task's convention,
+    ``TaskSpec.ssim``) and the solver summary of the
     evaluation solves (``bench.meters.quality.solver_summary``: fwd_iters_mean, bwd_iters_mean,
     final_residual_max, converged_frac; NaN for feed-forward models). Raises `Diverged` when a
     reconstruction is non-finite.
@@ -345,7 +346,10 @@ def evaluate(model: nn.Module, task: Any, batch_size: int, *, split: str = "test
                 if not bool(torch.isfinite(recon.x).all()):
                     raise Diverged(f"non-finite reconstruction on the {split} set")
                 psnr, ssim = psnr_ssim(
-                    task.to_metric_image(recon.x), task.to_metric_image(x_true), task.data_range(x_true)
+                    task.to_metric_image(recon.x),
+                    task.to_metric_image(x_true),
+                    task.data_range(x_true),
+                    task.spec.ssim,
                 )
                 psnr_sum += float(psnr) * len(x_true)
                 ssim_sum += float(ssim) * len(x_true)
