@@ -24,6 +24,7 @@ image_size = 16
 batch_size = 2
 n_train = 3
 n_test = 2
+n_val = 2
 steps = 3
 timed_steps = 1
 device = "cpu"
@@ -74,21 +75,28 @@ def test_a_sweep_on_each_dataset_gives_ok_rows_with_quality(roots: dict[str, Pat
 
 def test_task_images_are_the_datasets_images(roots: dict[str, Path]):
     task = build_task(
-        "ct", image_size=16, n_train=4, n_test=2, data="lodopab", data_root=str(roots["lodopab"])
+        "ct", image_size=16, n_train=4, n_test=2, n_val=2, data="lodopab", data_root=str(roots["lodopab"])
     )
     gt_test = torch.from_numpy(phantoms(2, 362, seed=22))[:, None]  # the test file's phantoms
     assert torch.allclose(task.x_test, resize(gt_test, 16), atol=1e-5)
     gt_train = torch.from_numpy(phantoms(4, 362, seed=20))[:, None]
     assert torch.allclose(task.x_train, resize(gt_train, 16), atol=1e-5)  # all 4, in index order
+    gt_val = torch.from_numpy(phantoms(2, 362, seed=21))[:, None]  # the validation file's
+    assert torch.allclose(task.x_val, resize(gt_val, 16), atol=1e-5)
 
     mri = build_task(
-        "mri", image_size=16, n_train=2, n_test=2, data="fastmri", data_root=str(roots["fastmri"])
+        "mri", image_size=16, n_train=2, n_test=2, n_val=2, data="fastmri", data_root=str(roots["fastmri"])
     )
     assert mri.x_test.dtype == torch.complex64
     assert mri.x_test.abs().amax() <= 1.0 + 1e-6 and mri.x_test.abs().amax() > 0.5  # target / volume max
+    # fastMRI's validation and test images share singlecoil_val: slices 0 and 3 test, 1 and 2 validation
+    assert mri.x_val.shape == (2, 1, 16, 16)
+    assert all(not torch.allclose(v.abs(), t.abs()) for v in mri.x_val for t in mri.x_test)
     root = str(roots["celeba"])
     tasks = [
-        build_task("deblur", image_size=16, n_train=2, n_test=1, seed=s, data="celeba", data_root=root)
+        build_task(
+            "deblur", image_size=16, n_train=2, n_test=1, n_val=1, seed=s, data="celeba", data_root=root
+        )
         for s in range(4)
     ]
     assert all(torch.equal(t.x_test, tasks[0].x_test) for t in tasks)  # fixed test images
@@ -143,6 +151,6 @@ def test_example_sweep_files_are_valid_sweeps(name: str, n_specs: int, roots: di
 
     text = (Path(__file__).parents[1] / "examples" / "sweeps" / f"{name}.toml").read_text()
     text = re.sub(r'data_root = "[^"]*"', f'data_root = "{roots[name]}"', text)
-    text = re.sub(r"n_train = \d+", "n_train = 2", re.sub(r"n_test = \d+", "n_test = 2", text))
+    text = re.sub(r"n_(train|val|test) = \d+", r"n_\1 = 2", text)
     sweep = loads_sweep(text)
     assert len(sweep.specs) == n_specs and {s.data for s in sweep.specs} == {name}

@@ -217,18 +217,21 @@ def task_images(
     test_split: str,
     *,
     n_train: int,
+    n_val: int,
     n_test: int,
     size: int,
     channels: int,
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor]:
-    """``(x_train, x_test)`` of a task on dataset ``name``: ``n_train`` seeded training images (from
-    ``generator``) and ``n_test`` fixed test images of ``test_split`` ("" = the dataset's default),
-    real ``(n, C, size, size)``."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_train, x_val, x_test)`` of a task on dataset ``name``: ``n_train`` seeded training images
+    (from ``generator``), ``n_val`` fixed validation images of the dataset's validation split (beside
+    the test images when that is also the test split) and ``n_test`` fixed test images of
+    ``test_split`` ("" = the dataset's default), real ``(n, C, size, size)``."""
     test_split = test_split or _known(name).default_test_split
     sizes = check_root(name, root, test_split)
-    test, _ = split_indices(sizes, test_split, n_test, 0)
+    test, val = split_indices(sizes, test_split, n_test, n_val)
     train = train_indices(sizes["train"], n_train, generator)
     x_train = real_images(name, root, "train", train, size, channels)
+    x_val = real_images(name, root, "validation", val, size, channels)
     x_test = real_images(name, root, test_split, test, size, channels)
-    return x_train, x_test
+    return x_train, x_val, x_test

@@ -118,18 +118,24 @@ def normalise_data(data: str, root: str, split: str) -> tuple[str, str, str]:
     return data, root, split
 
 
-def check_data(data: str, root: str, split: str, n_train: int, n_test: int) -> None:
-    """The root exists, has the expected layout, and holds ``n_train`` training and ``n_test`` test
-    images: ``DatasetFormatError`` / ``ValueError`` naming the layout otherwise. Reads no image."""
-    from bench.data.realsources import REAL_DATA, check_root
+def check_data(data: str, root: str, split: str, n_train: int, n_val: int, n_test: int) -> None:
+    """The root exists, has the expected layout, and holds ``n_train`` training, ``n_val`` validation
+    and ``n_test`` test images: ``DatasetFormatError`` / ``ValueError`` naming the layout otherwise.
+    Reads no image."""
+    from bench.data.realsources import REAL_DATA, check_root, split_indices
 
     sizes = check_root(data, root, split)
-    for what, split_name, n in (("n_train", "train", n_train), ("n_test", split, n_test)):
-        if n > sizes[split_name]:
-            raise ValueError(
-                f"data {data!r} at {root!r}: the {split_name} split has {sizes[split_name]} images, "
-                f"{what} = {n}; expected layout: {REAL_DATA[data].layout}"
-            )
+    layout = f"; expected layout: {REAL_DATA[data].layout}"
+    if n_train > sizes["train"]:
+        raise ValueError(
+            f"data {data!r} at {root!r}: the train split has {sizes['train']} images, "
+            f"n_train = {n_train}{layout}"
+        )
+    try:
+        split_indices(sizes, split, n_test, n_val)
+    except ValueError as err:
+        where = f"data {data!r} at {root!r} (n_test = {n_test}, n_val = {n_val})"
+        raise ValueError(f"{where}: {err}{layout}") from None
 
 
 def data_column(data: str, root: str, split: str) -> str:
