@@ -205,17 +205,12 @@ def _run_one_add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_one_main(args: argparse.Namespace) -> int:
-    import json
-    import os
-
-    from bench.harness.run import run_spec
+    from bench.harness.launchers import write_child_result
+    from bench.harness.run import run_with_curve
     from bench.harness.specs import spec_from_json
 
-    row = run_spec(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
-    out = Path(args.row_out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, out)  # atomic: the parent sees a whole row or none
+    row, curve = run_with_curve(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
+    write_child_result(Path(args.row_out), row, curve)  # atomic: the parent sees a whole row or none
     return 0
 
 

@@ -61,13 +61,18 @@ class GateEntry:
 
 
 def config_label(row: Mapping[str, Any]) -> str:
-    """A readable name for a gate configuration, e.g. 'ct/luser K=2 D=2 ift'."""
+    """A readable name for a gate configuration, e.g. 'ct/luser K=2 D=2 ift' ('... ift cell=feature'
+    for a non-default LUSER cell, so the image-cell labels stay what they were)."""
     parts = [f"{row['task']}/{row['model']}"]
     for key, short in (("n_iters", "K"), ("reg_depth", "D"), ("reg_width", "C")):
         if row.get(key) not in (None, ""):
             parts.append(f"{short}={row[key]}")
     if row.get("backward") not in (None, ""):
         parts.append(str(row["backward"]))
+    extra = str(row.get("model_extra") or "")
+    cell = json.loads(extra).get("cell") if extra.startswith("{") else None
+    if cell:
+        parts.append(f"cell={cell}")
     return " ".join(parts)
 
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness.curves import CURVES_FILE, write_curve
 from bench.harness.results import append_row
 from bench.harness.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
 
@@ -110,12 +111,26 @@ def _child_main(
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
-    from bench.harness.run import run_spec
+    from bench.harness.run import run_with_curve
 
-    row = run_spec(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
-    tmp = Path(row_path + ".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, row_path)  # the parent sees a whole row or none
+    row, curve = run_with_curve(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
+    write_child_result(Path(row_path), row, curve)
+
+
+def curve_path_of(row_path: Path) -> Path:
+    """Where a run's child leaves its learning curve, beside its row: `rows/<run_id>.curve.json`."""
+    return row_path.with_name(row_path.stem + ".curve.json")
+
+
+def write_child_result(row_path: Path, row: Mapping[str, Any], curve: Sequence[Any]) -> None:
+    """Write the curve, then the row, each atomically (the parent sees a whole row or none, and a
+    row means its curve is there)."""
+    from bench.harness.curves import curve_rows
+
+    for path, payload in ((curve_path_of(row_path), curve_rows(str(row["run_id"]), curve)), (row_path, row)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, path)
 
 
 class _Child:
@@ -201,6 +216,7 @@ def run_in_fresh_process(
     row_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.unlink(missing_ok=True)
+    curve_path_of(row_path).unlink(missing_ok=True)
 
     child = STARTERS[start](spec_json, row_path, log_path, memory_budget_bytes, dict(env or {}))
     code = child.wait(run_timeout_s)
@@ -209,12 +225,15 @@ def run_in_fresh_process(
         child.kill()
         code = child.wait(None)
 
+    curve: list[dict[str, Any]] = []
     if timed_out:
         row = failure_row(spec, "timeout", f"run exceeded --run-timeout {run_timeout_s:g} s and was killed")
     elif code == 0 and row_path.exists():
         row = json.loads(row_path.read_text())
+        curve = json.loads(curve_path_of(row_path).read_text())
     else:
         row = failure_row(spec, "error", f"process exited with code {code}; log tail: {_log_tail(log_path)}")
+    write_curve(out_dir / CURVES_FILE, run_id, curve)  # before the row: a row means a whole curve
     append_row(csv_path, row)
     return row
 

@@ -24,9 +24,12 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    with "estimated X bytes > budget Y bytes" and no timing or training.
 4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
    measurement steps, so they do not leak into training) and trained by `bench.harness.train.train` for
-   ``steps`` steps with a fresh Adam -> ``train_s``.
-5. Evaluation when the model was trained or has no parameters: `bench.harness.train.evaluate` -> ``psnr_db``,
-   ``ssim``. Solver columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
+   at most ``steps`` steps with a fresh Adam (validation, plateau stopping and the learning-rate
+   schedule from the spec) -> ``train_s`` (validations included), ``steps_run``, ``best_step``,
+   ``stopped_by``, ``val_psnr_db``, and the learning curve (`run_with_curve`).
+5. Evaluation when the model was trained or has no parameters: `bench.harness.train.evaluate` on the
+   test split (of the best-validation weights in plateau mode) -> ``psnr_db``, ``ssim``. Solver
+   columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
    last training step, evaluation has no backward), else of the last warm measurement step.
 
 ``spec.cpu_threads`` sets torch's intra-op threads for the run (restored afterwards): on a small
@@ -58,7 +61,16 @@ from torch import nn
 
 from bench.data import seeds
 from bench.harness.specs import RunSpec, normalise, spec_columns
-from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
+from bench.harness.train import (
+    CurvePoint,
+    Diverged,
+    StepResult,
+    TrainConfig,
+    check_finite,
+    evaluate,
+    train,
+    train_step,
+)
 from bench.schema import COLUMNS, SOLVER_COLUMNS
 
 
@@ -227,6 +239,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
         image_size=spec.image_size,
         n_train=spec.n_train,
         n_test=spec.n_test,
+        n_val=spec.n_val,
         noise_sigma=spec.noise_sigma,
         seed=spec.seed,
         device=device,
@@ -241,7 +254,9 @@ def prepare(spec: RunSpec) -> PreparedRun:
     return PreparedRun(spec, device, task, model, optimizer, x, y)
 
 
-def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
+def _execute(
+    spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None, curve: list[CurvePoint]
+) -> None:
     from bench.meters.environment import environment_columns
     from bench.meters.memory import module_bytes, optimizer_state_bytes
     from bench.meters.timing import time_steps
@@ -291,10 +306,25 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         run.optimizer = None
         model.load_state_dict(init_state)  # back to the initialisation: measurement steps do not count
         cfg = TrainConfig(
-            steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, grad_clip=spec.grad_clip
+            steps=spec.steps,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            seed=spec.seed,
+            grad_clip=spec.grad_clip,
+            val_every=spec.val_every,
+            patience=spec.patience,
+            min_delta_db=spec.min_delta_db,
+            lr_schedule=spec.lr_schedule,
         )
         result = train(model, task, cfg)
-        row["train_s"] = result.train_s
+        curve.extend(result.curve)
+        row.update(
+            train_s=result.train_s,
+            steps_run=result.steps_run,
+            best_step=result.best_step,
+            stopped_by=result.stopped_by,
+            val_psnr_db=result.val_psnr_db,
+        )
         trained = True
     if trained or not params:
         ev = evaluate(model, task, spec.batch_size)
@@ -313,6 +343,14 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
 
     Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
     """
+    return run_with_curve(spec, memory_budget_bytes=memory_budget_bytes)[0]
+
+
+def run_with_curve(
+    spec: RunSpec, *, memory_budget_bytes: int | None = None
+) -> tuple[dict[str, Any], list[CurvePoint]]:
+    """`run_spec`'s row and the run's learning curve (empty when it did not train to the end)."""
+    curve: list[CurvePoint] = []
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(status="ok", error="")
     threads = torch.get_num_threads()
@@ -321,7 +359,7 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
             torch.set_num_threads(spec.cpu_threads)
         spec = normalise(spec)
         row.update(spec_columns(spec))
-        _execute(spec, row, memory_budget_bytes)
+        _execute(spec, row, memory_budget_bytes, curve)
     except Diverged as err:
         row.update(status="diverged", error=f"Diverged: {err}")
     except BudgetExceeded as err:
@@ -335,7 +373,7 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
             torch.cuda.empty_cache()
     if not row.get("device"):
         row["device"] = str(resolve_device(spec))
-    return {k: _plain(v) for k, v in row.items()}
+    return {k: _plain(v) for k, v in row.items()}, curve
 
 
 def _plain(value: Any) -> Any:
