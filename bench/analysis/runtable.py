@@ -21,7 +21,8 @@ from bench.harness.results import COLUMNS as RUN_COLUMNS
 # The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
 STRING_COLUMNS: tuple[str, ...] = (
     "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "nvml_device_name", "nvml_driver_version",
+    "nvml_status",
 )  # fmt: skip
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))

@@ -34,6 +34,7 @@ COLUMNS: tuple[str, ...] = (
     "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
     "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
     "cuda_version", "git_sha", "timestamp", "model_extra",
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
 )  # fmt: skip
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")

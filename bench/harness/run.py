@@ -9,7 +9,7 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise seeded by the
    spec): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen here), then one warm
    step under `bench.meters.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
-   CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
+   CUDA a second warm step for the allocator peaks, then NVML's view: `nvml_columns`), then ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
@@ -232,7 +232,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
 
 def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
     from bench.meters.environment import environment_stamp
-    from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.memory import module_bytes, nvml_columns, optimizer_state_bytes
     from bench.meters.timing import time_steps
 
     stamp = environment_stamp(resolve_device(spec))
@@ -256,6 +256,7 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         cuda_peak_bytes=mem.cuda_peak_bytes,
         cuda_reserved_bytes=mem.cuda_reserved_bytes,
     )
+    row.update(nvml_columns(device))  # the driver's view after the measured steps (None off CUDA)
     if memory_budget_bytes is not None:
         resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
         resident += _bytes([task.x_train, task.x_test])

@@ -18,7 +18,7 @@ Four views of the memory of one training step, from most to least portable:
 - `cuda_step_peak`: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` over one step, minus
   what was allocated (reserved) before it. ``None`` without CUDA (torch itself would return 0).
 - `nvml_info`: the driver's view (device name, total memory, this process's usage, which includes the
-  CUDA context of about 500 MB).
+  CUDA context of about 500 MB); `nvml_columns` puts it in every CUDA run row.
 """
 
 from __future__ import annotations
@@ -277,9 +277,11 @@ def cuda_step_peak(fn: Callable[[], Any], device: torch.device | str) -> CudaPea
     )
 
 
-def nvml_info(device_index: int = 0) -> dict[str, Any]:
+def nvml_info(device_index: int = 0, *, uuid: str | None = None) -> dict[str, Any]:
     """The driver's view of a GPU through NVML (nvidia-ml-py), or a clean "unavailable" record.
 
+    The GPU is NVML's `device_index`, or the one with `uuid` ("GPU-..." as NVML spells it) when given:
+    under ``CUDA_VISIBLE_DEVICES`` a CUDA index is not an NVML index, a UUID names the same GPU in both.
     Returns ``{"status": "ok", "name", "driver_version", "total_bytes", "used_bytes",
     "process_used_bytes"}`` (``process_used_bytes`` is this process's usage, CUDA context included,
     or None when the driver does not report it), else ``{"status": "unavailable", "reason": str}``
@@ -295,7 +297,10 @@ def nvml_info(device_index: int = 0) -> dict[str, Any]:
     except pynvml.NVMLError as exc:
         return {"status": "unavailable", "reason": f"nvmlInit failed: {exc}"}
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        if uuid is None:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         process_bytes = None
         try:
@@ -313,7 +318,8 @@ def nvml_info(device_index: int = 0) -> dict[str, Any]:
             "process_used_bytes": process_bytes,
         }
     except pynvml.NVMLError as exc:
-        return {"status": "unavailable", "reason": f"NVML query for device {device_index} failed: {exc}"}
+        which = f"device {uuid}" if uuid is not None else f"device {device_index}"
+        return {"status": "unavailable", "reason": f"NVML query for {which} failed: {exc}"}
     finally:
         try:
             pynvml.nvmlShutdown()
@@ -323,6 +329,51 @@ def nvml_info(device_index: int = 0) -> dict[str, Any]:
 
 def _as_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: Run-row columns of the driver's view (empty off CUDA; see `nvml_columns`).
+NVML_COLUMNS: tuple[str, ...] = (
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
+)  # fmt: skip
+
+
+def nvml_columns(device: torch.device | str) -> dict[str, Any]:
+    """NVML's view of a CUDA run's GPU, now, as run-row columns (all None off CUDA).
+
+    Read after the measured steps, before the allocator's cache is emptied: ``nvml_process_used_bytes``
+    is then this process's CUDA context plus everything the caching allocator reserved for the run
+    (None when the driver does not list the process, e.g. a PID namespace in a container);
+    ``nvml_used_bytes`` is the whole device's use (every process). The GPU is looked up by its UUID,
+    right under ``CUDA_VISIBLE_DEVICES``; if that fails, by the CUDA index (right on a one-GPU
+    machine), and ``nvml_status`` says so. Never raises.
+    """
+    cuda = _cuda_device(device)
+    if cuda is None:
+        return dict.fromkeys(NVML_COLUMNS)
+    index = cuda.index if cuda.index is not None else torch.cuda.current_device()
+    raw_uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if raw_uuid is None:
+        return nvml_row(nvml_info(index), note="by CUDA index: torch reports no UUID")
+    info = nvml_info(index, uuid=f"GPU-{raw_uuid}")
+    if info["status"] == "ok":
+        return nvml_row(info)
+    by_index = nvml_info(index)
+    if by_index["status"] != "ok":
+        return nvml_row(info)
+    return nvml_row(by_index, note=f"by CUDA index: {info['reason']}")
+
+
+def nvml_row(info: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """`nvml_info`'s record as the NVML_COLUMNS of a run row; `note` qualifies an "ok" status."""
+    if info["status"] != "ok":
+        return dict.fromkeys(NVML_COLUMNS) | {"nvml_status": f"unavailable: {info['reason']}"}
+    return {
+        "nvml_device_name": info["name"],
+        "nvml_driver_version": info["driver_version"],
+        "nvml_process_used_bytes": info["process_used_bytes"],
+        "nvml_used_bytes": info["used_bytes"],
+        "nvml_status": f"ok ({note})" if note else "ok",
+    }
 
 
 @dataclass(frozen=True)
