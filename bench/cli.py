@@ -43,6 +43,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "bench.analysis.plots",
     "report": "bench.analysis.report",
     "gate": "bench.gate",
+    "gpu-check": "bench.gpu_check",
     "_run-one": "bench.cli:RUN_ONE",  # internal: one run in this process (used by the launchers)
 }
 
