@@ -1,6 +1,6 @@
 """The 8x check of a sweep: LU against LUSER training memory at matched PSNR (pandas only, no matplotlib).
 
-The comparison behind the headline figure (:func:`bench.analysis.plots.plot_headline`)
+The comparison behind the headline figure (:func:`bench.analysis.figures.headline.headline_ratio`)
 and :mod:`bench.analysis.report`,
 for one task:
 
