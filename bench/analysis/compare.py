@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.analysis.runtable import MODEL_ORDER, int_text, ordered_tasks
+from bench.analysis.runtable import int_text, ordered_tasks
+from bench.schema import MODEL_ORDER
 
 PSNR_TOL_DB = 0.5
 CLAIMED_RATIO = 8.0

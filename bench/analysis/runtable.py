@@ -15,21 +15,17 @@ from typing import Any
 
 import pandas as pd
 
-from bench.harness.results import COLUMNS as RUN_COLUMNS
+from bench.schema import COLUMNS as RUN_COLUMNS
+from bench.schema import FIRST_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 
 # --------------------------------------------------------------------------------------------------
-# The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
-STRING_COLUMNS: tuple[str, ...] = (
-    "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra", "nvml_device_name", "nvml_driver_version",
-    "nvml_status",
-)  # fmt: skip
+# The run row (ARCHITECTURE.md, "The run row", names in bench.schema): RUN_COLUMNS in this order;
+# extra columns may follow.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
 
 MIB = 2**20
-TASK_ORDER: tuple[str, ...] = ("deblur", "ct", "mri")
-MODEL_ORDER: tuple[str, ...] = ("lu", "lu_ckpt", "luser", "deq", "classical")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,7 +87,10 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
         ) from None
     raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
+    missing = [c for c in FIRST_COLUMNS if c not in raw.columns]
+    for col in RUN_COLUMNS:  # columns added after the file was written (bench.schema.FIRST_COLUMNS)
+        if col not in raw.columns and not missing:
+            raw[col] = ""
     if missing:
         raise ValueError(
             f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "

@@ -1,4 +1,5 @@
-"""The results CSV (`DIR/runs.csv`): exact column order, atomic appends, resumable reads.
+"""The results CSV (`DIR/runs.csv`): the columns of `bench.schema.COLUMNS` in order, atomic appends,
+resumable reads.
 
 Writing: `append_row` takes an exclusive `fcntl.flock` on `runs.csv.lock`, repairs a torn last line
 (a line cut by a crash: the file does not end with a newline, so it is truncated back to its last
@@ -6,6 +7,10 @@ newline; complete rows are never touched), writes the header if the file is empt
 row as one line, flushes and fsyncs. Concurrent workers (a local pool, SLURM array jobs on a shared
 file system with working flock) therefore never interleave. Every value is written on one physical
 line (newlines in messages become " | ").
+
+Older files: a header of `bench.schema.FIRST_COLUMNS` plus a prefix of the later columns (written
+before those existed) stays readable, the columns it lacks read as "", and rows appended to it are
+written in its own columns (the newer values are not recorded there).
 
 Reading: `read_rows` ignores a torn last line and rows with the wrong number of fields. Several rows
 may share a run_id (a retried failure appends a new row): readers take the last row per run_id
@@ -27,19 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-COLUMNS: tuple[str, ...] = (
-    "run_id", "status", "error", "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver",
-    "tol", "max_iter", "backward", "batch_size", "image_size", "steps", "seed", "lr", "params",
-    "tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "operator_bytes",
-    "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
-    "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
-    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
-)  # fmt: skip
-
-STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")
-#: Statuses that `retry_failed` runs again (the others are results of the configuration).
-RETRYABLE: frozenset[str] = frozenset({"error", "timeout"})
+from bench.schema import COLUMNS, FIRST_COLUMNS, RETRYABLE, STATUSES
 
 
 def _cell(value: Any) -> str:
@@ -51,15 +44,16 @@ def _cell(value: Any) -> str:
     return text.replace("\r\n", " | ").replace("\n", " | ").replace("\r", " | ")
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    """One CSV line (with its newline) in COLUMNS order; unknown keys raise KeyError."""
+def format_row(row: Mapping[str, Any], columns: tuple[str, ...] = COLUMNS) -> str:
+    """One CSV line (with its newline) in `columns` order (COLUMNS, or an older file's prefix of them);
+    keys not in COLUMNS raise KeyError."""
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown result columns {sorted(unknown)}; known: {list(COLUMNS)}")
     if row.get("status") not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {row.get('status')!r}")
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in columns])
     return buf.getvalue()
 
 
@@ -109,8 +103,26 @@ def repair(path: str | Path) -> None:
             os.close(fd)
 
 
+def _schema_prefix(header: list[str], path: Path) -> tuple[str, ...]:
+    """The schema columns a header holds: COLUMNS, or (an older file) FIRST_COLUMNS and a prefix of the
+    later ones; anything else raises ValueError."""
+    known = tuple(header[: len(COLUMNS)])
+    if len(known) < len(FIRST_COLUMNS) or known != COLUMNS[: len(known)]:
+        raise ValueError(f"{path}: header does not match the run-row schema; expected {list(COLUMNS)}")
+    return known
+
+
+def _file_columns(fd: int, path: Path) -> tuple[str, ...]:
+    """The schema columns of the header of a non-empty file (caller holds the lock)."""
+    head = b""
+    while b"\n" not in head and (block := os.pread(fd, 65536, len(head))):
+        head += block
+    return _schema_prefix(next(csv.reader([head.split(b"\n", 1)[0].decode()]), []), path)
+
+
 def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one row atomically (lock, repair torn tail, header if empty, write, fsync)."""
+    """Append one row atomically (lock, repair torn tail, header if empty, write, fsync). A file with an
+    older header (fewer columns) gets the row in its own columns, so every line keeps the header's width."""
     path = Path(path)
     line = format_row(row).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +133,8 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
             data = line
             if os.fstat(fd).st_size == 0:
                 data = (",".join(COLUMNS) + "\n").encode() + line
+            elif (columns := _file_columns(fd, path)) != COLUMNS:
+                data = format_row(row, columns).encode()
             os.write(fd, data)
             os.fsync(fd)
         finally:
@@ -139,9 +153,9 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     header = next(reader, None)
     if header is None:
         return []
-    if tuple(header[: len(COLUMNS)]) != COLUMNS:
-        raise ValueError(f"{path}: header does not match the run-row schema; expected {list(COLUMNS)}")
-    return [dict(zip(header, fields, strict=True)) for fields in reader if len(fields) == len(header)]
+    absent = dict.fromkeys(COLUMNS[len(_schema_prefix(header, path)) :], "")  # an older file lacks these
+    width = len(header)
+    return [absent | dict(zip(header, fields, strict=True)) for fields in reader if len(fields) == width]
 
 
 def latest_rows(path: str | Path) -> dict[str, dict[str, str]]:

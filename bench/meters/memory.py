@@ -35,6 +35,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from bench.schema import NVML_COLUMNS
+
 T = TypeVar("T")
 
 # Sparse layouts and the accessors of their component (strided) tensors.
@@ -329,12 +331,6 @@ def nvml_info(device_index: int = 0, *, uuid: str | None = None) -> dict[str, An
 
 def _as_str(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-#: Run-row columns of the driver's view (empty off CUDA; see `nvml_columns`).
-NVML_COLUMNS: tuple[str, ...] = (
-    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
-)  # fmt: skip
 
 
 def nvml_columns(device: torch.device | str) -> dict[str, Any]:
