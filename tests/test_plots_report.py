@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 from matplotlib.text import Text
 
 from bench.analysis import compare, figures, plots, report, runtable
@@ -202,11 +203,17 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
     for r in rows:
         r["psnr_db"] = r["ssim"] = ""
     _write_csv(tmp_path / "runs.csv", rows, list(runtable.RUN_COLUMNS))
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "psnr_vs_memory.png").write_bytes(b"stale, from an earlier table")
     assert plots.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
     out = tmp_path / "figures"
     assert (out / "headline_ratio.png").is_file() and (out / "memory_vs_k.svg").is_file()
-    assert not (out / "psnr_vs_memory.png").exists()  # skipped: no quality runs
+    assert not (out / "psnr_vs_memory.png").exists()  # not drawn (no quality runs): the stale file is gone
     assert not (out / "deq_tolerance.png").exists()
+    assert report.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
+    text = _section((tmp_path / "report.md").read_text(), "## Figures")
+    reason = figures.draw("psnr_vs_memory", runtable.load_runs(tmp_path))
+    assert isinstance(reason, str) and f"_Not drawn: {reason}._" in text
     comp = compare.compare_memory(runtable.load_runs(tmp_path))[0]
     assert comp.basis == compare.BASIS_EQUAL_K and comp.verdict == "holds partly"
     raw = _raw_rows()
@@ -220,13 +227,20 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
 
 
 # -- figures ----------------------------------------------------------------------------------------
-def test_every_figure_is_written_as_png_and_svg(built) -> None:
+def test_every_registered_figure_is_saved_as_png_and_svg_of_the_drawn_figure(runs, built) -> None:
     out = built[0] / "figures"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{e}" for n in figures.FIGURES for e in ("png", "svg")
+    )
     for name in figures.FIGURES:
-        png, svg = out / f"{name}.png", out / f"{name}.svg"
-        assert png.stat().st_size > 30_000, name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert svg.stat().st_size > 10_000 and b"<svg" in svg.read_bytes()[:2000], name
+        fig = figures.draw(name, runs)
+        assert not isinstance(fig, str), fig  # the fixture has the data of every figure
+        width, height = fig.get_size_inches() * figures.PNG_DPI
+        assert imread(out / f"{name}.png").shape[:2] == (round(height), round(width)), name
+        title = fig.get_suptitle()
+        assert title and title.replace("&", "&amp;") in (out / f"{name}.svg").read_text(encoding="utf-8"), (
+            name
+        )
 
 
 def test_failed_runs_are_marked_on_the_memory_figure(runs) -> None:
@@ -283,6 +297,17 @@ def test_report_contents_and_links(built) -> None:
     env = _section(text, "## Environment")
     assert "NVIDIA H100 80GB HBM3" in env and "`8b41d07e5c2a9f13d6e8b0a4c7f25e9d1a3b6c48`" in env
     assert "deblur: 2000; ct: 2000; mri: 3000" in _section(text, "## Caveats")
+
+
+def test_report_has_one_figure_section_per_registered_figure_in_order(runs, built) -> None:
+    text = _section(built[1].decode(), "## Figures")
+    headings = [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")]
+    assert headings == [entry.title for entry in figures.FIGURES.values()]
+    ctx = figures.context(runs, psnr_tol_db=0.5)
+    for entry in figures.FIGURES.values():
+        assert f"![{entry.title}](figures/{entry.name}.png)" in text
+        assert f"{entry.caption_text(ctx)} ([SVG](figures/{entry.name}.svg))" in text
+    assert "within 0.5 dB PSNR" in figures.FIGURES["headline_ratio"].caption_text(ctx)
 
 
 def test_report_regeneration_is_byte_identical(built) -> None:
