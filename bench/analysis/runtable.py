@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from bench.harness.results import COLUMNS as RUN_COLUMNS
+from bench.harness.results import read_rows
 
 # --------------------------------------------------------------------------------------------------
 # The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
@@ -75,7 +76,10 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     Adds ``config`` (see :func:`config_label`), ``setting`` (``"B=8, 128×128"``) and, for every
     ``*_bytes`` column, a ``*_mib`` column (bytes / 2**20). ``attrs["rows_read"]`` is the raw row count.
 
-    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table or missing columns.
+    The rows are read by `bench.harness.results.read_rows`, the reader the sweep resumes from: a torn
+    last line is dropped with a warning and extra trailing columns are kept.
+    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table, missing columns or
+    bytes that are not UTF-8 (naming the file and line).
     """
     path = Path(dir_or_csv)
     csv_path = path / "runs.csv" if path.is_dir() else path
@@ -83,19 +87,11 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run table at {csv_path}: expected DIR/runs.csv or the path of a CSV file"
         )
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
+    if csv_path.stat().st_size == 0:
         raise ValueError(
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
-        ) from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "
-            f"{len(RUN_COLUMNS)} columns: {', '.join(RUN_COLUMNS)}"
         )
+    raw = pd.DataFrame(read_rows(csv_path))  # the harness's reader: torn last line dropped, extras kept
     if raw.empty:
         raise ValueError(f"{csv_path} has a header but no runs")
     df = raw.drop_duplicates("run_id", keep="last").reset_index(drop=True)

@@ -37,7 +37,8 @@ blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`
 
 ``spec.inject`` (testing aid, see `FAULTS`) wraps the model so that its *second* call fails: "nan"
 returns NaN images from then on, "oom" raises an out-of-memory error (a real one on CUDA: an
-impossible allocation), "crash" SIGKILLs this process, "hang" sleeps forever. Run "crash" and "hang"
+impossible allocation), "crash" SIGKILLs this process, "hang" waits (forever, or until the file named by
+$BENCH_HANG_RELEASE exists; it prints its pid to the log first). Run "crash" and "hang"
 only in a child process (the launchers do).
 """
 
@@ -60,6 +61,11 @@ from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite,
 
 _ENV_COLUMNS = ("device", "torch_version", "cuda_version", "git_sha", "timestamp")
 _SOLVER_COLUMNS = ("fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac")
+
+
+#: "hang" waits until the file named by this environment variable exists (forever when unset), so that
+#: tests have a run that is slow for exactly as long as they need.
+HANG_RELEASE_ENV = "BENCH_HANG_RELEASE"
 
 
 class BudgetExceeded(RuntimeError):
@@ -85,8 +91,11 @@ def _fault_crash(recon: Any, device: torch.device) -> Any:
 
 
 def _fault_hang(recon: Any, device: torch.device) -> Any:
-    while True:
-        time.sleep(3600)
+    release = os.environ.get(HANG_RELEASE_ENV)
+    print(f"injected hang: pid {os.getpid()} waiting for {release or 'ever'}", flush=True)
+    while not (release and os.path.exists(release)):
+        time.sleep(0.05)
+    return recon
 
 
 #: inject name -> what happens from the model's second call on (the first call is a warm-up step).
