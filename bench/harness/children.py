@@ -78,15 +78,16 @@ def die_with_parent() -> None:
         return
 
 
-def signal_text(code: int) -> str:
-    """A run process's exit code in words; a negative code names the signal (and what SIGKILL means)."""
+def death_text(code: int) -> str:
+    """How a run process that wrote no row ended, in words: its exit code, or the signal that killed
+    it by name (and, for SIGKILL, that this is what the out-of-memory killer sends)."""
     if code >= 0:
-        return f"process exited with code {code}"
+        return f"process exited with code {code} without writing its row"
     try:
         name = signal.Signals(-code).name
     except ValueError:
         name = f"signal {-code}"
-    text = f"process killed by {name} (signal {-code})"
+    text = f"process killed by {name} (signal {-code}) before writing its row"
     if -code == signal.SIGKILL:
         text += "; SIGKILL is what the kernel's out-of-memory killer sends (see `dmesg`)"
     return text

@@ -49,7 +49,7 @@ from bench.harness.children import (
     STARTERS,
     ForkServerDied,
     RunGuard,
-    signal_text,
+    death_text,
 )
 from bench.harness.results import WriteError, append_row
 from bench.harness.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
@@ -175,7 +175,7 @@ def run_in_fresh_process(
         row = failure_row(
             spec,
             "error",
-            f"{signal_text(code or 0)} without writing its row"
+            death_text(code or 0)
             + (f"; last log line: {last}" if last else "")
             + f" (log: {log_path})",
         )

@@ -440,9 +440,14 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep TOML file; any problem raises SweepError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {err}") from None
+        raise SweepError(f"cannot read sweep file {str(path)!r}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise SweepError(
+            f"sweep file {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset"
+            f" {err.start}); TOML files must be UTF-8"
+        ) from None
     return loads_sweep(text, default_name=path.stem, source=str(path))
 
 
