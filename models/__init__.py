@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from models.base import Recon
 from models.classical import Classical, ClassicalConfig
 from models.deq_model import DEQModel, DEQModelConfig
-from models.lu import LU, LUCheckpointed, LUConfig, Recon
+from models.lu import LU, LUCheckpointed, LUConfig
 from models.luser import LUSER, LUSERConfig
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ Methods (registry :data:`CLASSICAL_METHODS`; each says which operators it applie
 - ``tikhonov``: ``argmin ||A x - y||^2 + reg ||x||^2`` by ``op.tikhonov(y, tikhonov_reg)`` (blur).
 
 The model has no parameters (``count_params == 0``): a training loop must skip the optimiser for it.
-Its forward runs under ``torch.no_grad()`` and still returns a :class:`~models.lu.Recon`.
+Its forward runs under ``torch.no_grad()`` and still returns a :class:`~models.base.Recon`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 import torch
 from torch import Tensor
 
-from models.lu import Recon, Reconstructor, check_int
+from models.base import Recon, Reconstructor
+from models.checks import check_int
 
 if TYPE_CHECKING:
     from operators.base import LinearOperator

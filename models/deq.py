@@ -35,13 +35,14 @@ otherwise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models.checks import check_choice, check_int, check_positive
 from models.solvers import SOLVERS, SolverStats, solve
 
 BACKWARD_MODES = ("ift", "ift_hook", "jfb", "phantom", "unrolled")
@@ -52,15 +53,18 @@ CellMap = Callable[..., Tensor]  # f(z, *inputs) -> z
 @dataclass(frozen=True)
 class DEQConfig:
     """Forward solver, backward mode and their budgets; tolerances are relative residuals
-    ``||f(z) - z|| / ||f(z)||`` per sample (see ``models.solvers``)."""
+    ``||f(z) - z|| / ||f(z)||`` per sample (see ``models.solvers``).
+
+    The single definition of every DEQ setting, its default and its validation: the reconstructors'
+    configs take the settings they expose from :class:`DEQSettings`, which derives from this class."""
 
     solver: str = "anderson"
     tol: float = 1e-3
-    max_iter: int = 25
+    max_iter: int = 40
     backward: str = "ift"
     bwd_solver: str = "anderson"
     bwd_tol: float = 1e-3
-    bwd_max_iter: int = 25
+    bwd_max_iter: int = 40
     phantom_steps: int = 3
     phantom_damping: float = 0.5
     anderson_m: int = 5
@@ -69,21 +73,38 @@ class DEQConfig:
     fp_damping: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.backward not in BACKWARD_MODES:
-            raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {self.backward!r}")
+        check_choice("backward", self.backward, BACKWARD_MODES)
         for name in ("solver", "bwd_solver"):
-            if getattr(self, name) not in SOLVERS:
-                raise ValueError(f"{name} must be one of {tuple(SOLVERS)}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), sorted(SOLVERS))
         for name in ("tol", "bwd_tol", "anderson_lam"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            check_positive(name, getattr(self, name))
         for name in ("max_iter", "bwd_max_iter", "phantom_steps", "anderson_m"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, getattr(self, name))
         for name in ("phantom_damping", "anderson_beta", "fp_damping"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DEQSettings:
+    """The :class:`DEQConfig` settings a reconstructor's config exposes (also run-row columns or spec
+    keys), with DEQConfig's defaults; a config dataclass inherits them and is validated by building
+    its DEQConfig. The settings not exposed here keep DEQConfig's defaults."""
+
+    solver: str = DEQConfig.solver
+    tol: float = DEQConfig.tol
+    max_iter: int = DEQConfig.max_iter
+    backward: str = DEQConfig.backward
+    bwd_tol: float = DEQConfig.bwd_tol
+    bwd_max_iter: int = DEQConfig.bwd_max_iter
+
+    def __post_init__(self) -> None:
+        self.deq_config()
+
+    def deq_config(self) -> DEQConfig:
+        """The :class:`DEQConfig` of these settings (``ValueError``/``TypeError`` naming a bad one)."""
+        exposed = {f.name: getattr(self, f.name) for f in fields(DEQSettings)}
+        return DEQConfig(**exposed)
 
 
 @dataclass

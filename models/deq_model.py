@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from models.deq import deq_solve
-from models.lu import X0_MODES, Recon, Reconstructor, check_choice, check_int
-from models.luser import check_deq_fields, make_deq_config
+from models.base import X0_MODES, Recon, Reconstructor
+from models.checks import check_choice, check_int
+from models.deq import DEQSettings, deq_solve
 from models.regularisers import ACTIVATIONS, DnCNN
 
 if TYPE_CHECKING:
@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class DEQModelConfig:
+class DEQModelConfig(DEQSettings):
     """Hyper-parameters of ``deq``: the DnCNN (reg_depth, reg_width, act, norm), x0, step_init, the ridge
     weight (``mu = ridge * ||A||^2``, >= 0), and the forward/backward solve (solver, tol, max_iter,
-    backward, bwd_tol, bwd_max_iter) as in LUSER."""
+    backward, bwd_tol, bwd_max_iter, from DEQSettings) as in LUSER."""
 
     reg_depth: int = 5
     reg_width: int = 32
@@ -46,12 +46,6 @@ class DEQModelConfig:
     x0: str = "adjoint"
     step_init: float = -1.0
     ridge: float = 0.1
-    solver: str = "anderson"
-    tol: float = 1e-3
-    max_iter: int = 40
-    backward: str = "ift"
-    bwd_tol: float = 1e-3
-    bwd_max_iter: int = 40
 
     def __post_init__(self) -> None:
         check_int("reg_depth", self.reg_depth, minimum=2)
@@ -60,7 +54,7 @@ class DEQModelConfig:
         check_choice("x0", self.x0, X0_MODES)
         if isinstance(self.ridge, bool) or not isinstance(self.ridge, int | float) or not self.ridge >= 0:
             raise ValueError(f"ridge must be a float >= 0, got {self.ridge!r}")
-        check_deq_fields(self)
+        super().__post_init__()
 
 
 class DEQModel(Reconstructor):
@@ -69,7 +63,7 @@ class DEQModel(Reconstructor):
     def __init__(self, cfg: DEQModelConfig, op: LinearOperator):
         super().__init__(op, x0=cfg.x0)
         self.cfg = cfg
-        self.deq_cfg = make_deq_config(cfg)
+        self.deq_cfg = cfg.deq_config()
         self.regulariser = DnCNN(self.net_channels, cfg.reg_depth, cfg.reg_width, cfg.act, cfg.norm)
         self.step_logit = torch.nn.Parameter(torch.tensor(float(cfg.step_init)))  # theta
 

@@ -21,49 +21,25 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from models.deq import BACKWARD_MODES, DEQConfig, deq_solve
-from models.lu import X0_MODES, Recon, Reconstructor, check_choice, check_int
+from models.base import X0_MODES, Recon, Reconstructor
+from models.checks import check_choice, check_int
+from models.deq import DEQSettings, deq_solve
 from models.regularisers import ACTIVATIONS, CELL_DEPTHS, EquilibriumCell
-from models.solvers import SOLVERS
 
 if TYPE_CHECKING:
-    from models.deq_model import DEQModelConfig
     from operators.base import LinearOperator
 
 
-def check_deq_fields(cfg: LUSERConfig | DEQModelConfig) -> None:
-    """Validation shared by the two DEQ-based configs."""
-    check_choice("solver", cfg.solver, sorted(SOLVERS))
-    check_choice("backward", cfg.backward, BACKWARD_MODES)
-    check_int("max_iter", cfg.max_iter)
-    check_int("bwd_max_iter", cfg.bwd_max_iter)
-    for name in ("tol", "bwd_tol"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0.0:
-            raise ValueError(f"{name} must be a float > 0, got {value!r}")
-
-
-def make_deq_config(cfg: LUSERConfig | DEQModelConfig) -> DEQConfig:
-    """The :class:`models.deq.DEQConfig` for a model config (other DEQConfig fields keep their defaults)."""
-    return DEQConfig(
-        solver=cfg.solver,
-        tol=float(cfg.tol),
-        max_iter=cfg.max_iter,
-        backward=cfg.backward,
-        bwd_tol=float(cfg.bwd_tol),
-        bwd_max_iter=cfg.bwd_max_iter,
-    )
-
-
 @dataclass(frozen=True)
-class LUSERConfig:
+class LUSERConfig(DEQSettings):
     """Hyper-parameters of ``luser``.
 
     n_iters: LU steps K. reg_depth: convolutions in each cell (1-3). reg_width: hidden channels.
     act: cell activation. spectral_norm: spectral-normalised cells (see EquilibriumCell).
     tied: one cell shared by all steps. x0, step_init: as in LU.
-    solver, tol, max_iter: forward fixed-point solve (tol on ||f(z) - z|| / ||f(z)|| per sample).
-    backward, bwd_tol, bwd_max_iter: gradient mode and the backward (adjoint) solve.
+    solver, tol, max_iter, backward, bwd_tol, bwd_max_iter (from DEQSettings, defaults and checks of
+    DEQConfig): the forward fixed-point solve (tol on ||f(z) - z|| / ||f(z)|| per sample), the gradient
+    mode and the backward (adjoint) solve.
     """
 
     n_iters: int = 5
@@ -74,12 +50,6 @@ class LUSERConfig:
     tied: bool = False
     x0: str = "adjoint"
     step_init: float = -1.0
-    solver: str = "anderson"
-    tol: float = 1e-3
-    max_iter: int = 40
-    backward: str = "ift"
-    bwd_tol: float = 1e-3
-    bwd_max_iter: int = 40
 
     def __post_init__(self) -> None:
         check_int("n_iters", self.n_iters)
@@ -87,7 +57,7 @@ class LUSERConfig:
         check_int("reg_width", self.reg_width)
         check_choice("act", self.act, sorted(ACTIVATIONS))
         check_choice("x0", self.x0, X0_MODES)
-        check_deq_fields(self)
+        super().__post_init__()
 
 
 class LUSER(Reconstructor):
@@ -96,7 +66,7 @@ class LUSER(Reconstructor):
     def __init__(self, cfg: LUSERConfig, op: LinearOperator):
         super().__init__(op, x0=cfg.x0)
         self.cfg = cfg
-        self.deq_cfg = make_deq_config(cfg)
+        self.deq_cfg = cfg.deq_config()
         n_cells = 1 if cfg.tied else cfg.n_iters
         self.cells = nn.ModuleList(
             EquilibriumCell(self.net_channels, cfg.reg_depth, cfg.reg_width, cfg.act, cfg.spectral_norm)

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from models.checks import check_int
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -47,13 +49,6 @@ def _bias(conv: nn.Conv2d) -> Tensor:
     return conv.bias
 
 
-def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def group_count(width: int, max_groups: int = 4) -> int:
     """Groups for GroupNorm over ``width`` channels: the largest divisor of ``width`` up to ``max_groups``."""
     return math.gcd(width, max_groups)
@@ -78,9 +73,9 @@ class DnCNN(nn.Module):
 
     def __init__(self, channels: int, depth: int = 5, width: int = 32, act: str = "relu", norm: bool = False):
         super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("depth", depth, minimum=2)
-        _check_positive_int("width", width)
+        check_int("channels", channels)
+        check_int("depth", depth, minimum=2)
+        check_int("width", width)
         layers: list[nn.Module] = [_conv3x3(channels, width), make_activation(act)]
         for _ in range(depth - 2):
             layers.append(_conv3x3(width, width))
@@ -137,8 +132,8 @@ class EquilibriumCell(nn.Module):
         sn_scale: float = 0.9,
     ):
         super().__init__()
-        _check_positive_int("channels", channels)
-        _check_positive_int("width", width)
+        check_int("channels", channels)
+        check_int("width", width)
         if depth not in CELL_DEPTHS:
             raise ValueError(f"EquilibriumCell depth must be one of {CELL_DEPTHS}, got {depth!r}")
         if not 0.0 < sn_scale <= 1.0:

@@ -14,6 +14,7 @@ from torch import Tensor
 from bench.data.tasks import build_task
 from models import MODELS, Recon, build_config, build_model, count_params
 from models.complex import from_channels, to_channels
+from models.deq import DEQConfig, DEQSettings
 from models.regularisers import DnCNN, EquilibriumCell
 from operators import Blur, SingleCoilMRI
 from operators.base import LinearOperator
@@ -305,6 +306,24 @@ def test_config_errors_name_what_was_expected():
     assert dataclasses.is_dataclass(build_config("lu")) and build_config("lu").n_iters == 5
     with pytest.raises(dataclasses.FrozenInstanceError):
         build_config("lu").n_iters = 3
+
+
+def test_deq_model_configs_take_deqconfig_defaults_and_checks():
+    """LUSER's and DEQ's solver settings are DEQConfig's: same defaults, same errors, same config built."""
+    op, _, _ = problem("deblur")
+    exposed = [f.name for f in dataclasses.fields(DEQSettings)]
+    for model in ("luser", "deq"):
+        cfg = build_config(model)
+        assert {k: getattr(cfg, k) for k in exposed} == {k: getattr(DEQConfig(), k) for k in exposed}
+        assert build_model(model, op, **TINY).deq_cfg == DEQConfig()
+        tuned = dict(solver="broyden", tol=1e-5, max_iter=7, backward="jfb", bwd_tol=1e-4, bwd_max_iter=9)
+        assert build_model(model, op, **TINY, **tuned).deq_cfg == DEQConfig(**tuned)
+        for key, bad in (("max_iter", 0), ("bwd_tol", -1.0), ("solver", "newton"), ("backward", "adj")):
+            with pytest.raises(ValueError) as from_model:
+                build_config(model, **{key: bad})
+            with pytest.raises(ValueError) as from_deq:
+                DEQConfig(**{key: bad})
+            assert str(from_model.value) == str(from_deq.value) and key in str(from_deq.value)
 
 
 def test_models_reject_an_operator_of_another_shape():

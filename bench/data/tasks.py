@@ -30,10 +30,12 @@ Noise is white Gaussian added to the measurement, ``y = A x + n`` with ``std(n) 
   Noise is added on the sampled k-space entries only (``noise_support="sampled"``): the others are
   not measured, and stay exactly 0 in ``y``, as in masked fastMRI k-space.
 
-Splits and seeds. The test images are fixed: they do not depend on ``seed`` (always the test
-stream), so runs with different seeds are scored on the same images and ``test_measurements()``
-(noise from a fixed seed) is the same in every build with the same size and noise level. ``seed``
-picks the training images (which crops, which phantoms, which MNI training slices and their phases).
+Splits and seeds. Every random stream comes from `bench.data.seeds` (one named stream each:
+``train_images``, ``test_images``, ``train_phase``, ``test_phase``, ``test_noise``). The test images
+are fixed: their streams do not depend on ``seed``, so runs with different seeds are scored on the
+same images and ``test_measurements()`` is the same in every build with the same size and noise
+level. ``seed`` picks the training images (which crops, which phantoms, which MNI training slices
+and their phases).
 The operator is fixed by the spec (e.g. the MRI mask uses the operator's default seed), not by
 ``seed``. Train and test come from disjoint sources: different scikit-image pictures (deblur),
 different random streams (ct), different MNI slice indices (mri).
@@ -48,23 +50,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bench.data import datasets
+from bench.data import datasets, seeds
 from operators import build_operator
 from operators.base import LinearOperator
 from operators.noise import gaussian_noise
 
-# Random streams: the generator seed of stream k for user seed s is 4 s + k, so the fixed test stream
-# (s = 0, k = 1) never coincides with a training stream (k = 0) for any s >= 0.
-_TRAIN_STREAM, _TEST_STREAM = 0, 1
-_TEST_NOISE_SEED = 1_000_003  # the seed of the noise in test_measurements()
 CT_MEAN_ABS_SINOGRAM = 0.31  # documented reference for the CT noise level; checked by tests/test_tasks.py
 
 
-def _stream_seed(seed: int, stream: int) -> int:
-    return 4 * seed + stream
-
-
 def _generator(seed: int) -> torch.Generator:
+    """A CPU generator from a seed `bench.data.seeds.stream_seed` derived."""
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
@@ -235,7 +230,7 @@ class Task:
         """``A x_test + n`` with noise from a fixed seed; computed once and cached."""
         if self._y_test is None:
             with torch.no_grad():
-                self._y_test = self.measure(self.x_test, _generator(_TEST_NOISE_SEED))
+                self._y_test = self.measure(self.x_test, seeds.generator(0, "test_noise"))
         return self._y_test
 
     def to_metric_image(self, x: Tensor) -> Tensor:
@@ -283,11 +278,11 @@ def build_task(
     op = build_operator(spec.operator, image_size=size, **op_kw).to(device)
     channels = op.in_shape[0]
     source = IMAGE_SOURCES[spec.images]
-    x_train = source("train", n_tr, size, channels, _stream_seed(seed, _TRAIN_STREAM))
-    x_test = source("test", n_te, size, channels, _stream_seed(0, _TEST_STREAM))
-    if op.is_complex:  # magnitude x smooth phase; phase seeds from the same streams
-        x_train = _with_phase(x_train, _stream_seed(seed, _TRAIN_STREAM))
-        x_test = _with_phase(x_test, _stream_seed(0, _TEST_STREAM))
+    x_train = source("train", n_tr, size, channels, seeds.stream_seed(seed, "train_images"))
+    x_test = source("test", n_te, size, channels, seeds.stream_seed(seed, "test_images"))
+    if op.is_complex:  # magnitude x smooth phase, each phase from a stream of its own
+        x_train = _with_phase(x_train, seeds.generator(seed, "train_phase"))
+        x_test = _with_phase(x_test, seeds.generator(seed, "test_phase"))
     return Task(
         name=name,
         spec=spec,
@@ -298,9 +293,8 @@ def build_task(
     )
 
 
-def _with_phase(magnitude: Tensor, seed: int) -> Tensor:
-    """``magnitude * exp(i phase)`` with a smooth seeded phase (``datasets.smooth_phase``)."""
+def _with_phase(magnitude: Tensor, generator: torch.Generator) -> Tensor:
+    """``magnitude * exp(i phase)`` with a smooth phase drawn from `generator` (``datasets.smooth_phase``)."""
     n, _, size, _ = magnitude.shape
-    # A generator of its own (seed + 2 keeps it off the image streams 4 s + 0 and 4 s + 1).
-    phase = datasets.smooth_phase(n, size, _generator(seed + 2))  # (n, 1, size, size)
+    phase = datasets.smooth_phase(n, size, generator)  # (n, 1, size, size)
     return torch.polar(magnitude, phase)

@@ -4,12 +4,14 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 
 1. Build the task (`bench.data.tasks.build_task`, on ``spec.device`` or cuda when available, else cpu)
    and the model (`models.build_model` with exactly ``spec.model_kwargs()``), the model under
-   ``torch.random.fork_rng()`` + ``torch.manual_seed(spec.seed)``: its initialisation is reproducible
-   and the caller's global RNG state is left untouched.
-2. Measurement on one fixed batch (the first ``batch_size`` training images, noise seeded by the
-   spec): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen here), then one warm
-   step under `bench.meters.memory.measure_step_memory` (tracked peak, saved-for-backward bytes, and on
-   CUDA a second warm step for the allocator peaks), then ``timed_steps`` timed steps
+   ``torch.random.fork_rng()`` + ``torch.manual_seed`` of the run's ``model_init`` stream
+   (`bench.data.seeds`): its initialisation is reproducible and the caller's global RNG state is
+   left untouched.
+2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
+   ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
+   here), then one warm step under `bench.meters.memory.measure_step_memory` (tracked peak,
+   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks), then
+   ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
@@ -55,6 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.data import seeds
 from bench.harness.results import COLUMNS
 from bench.harness.specs import RunSpec, normalise, spec_columns
 from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
@@ -139,7 +142,7 @@ def build_model_for(spec: RunSpec, op: Any, device: torch.device) -> nn.Module:
     from models import build_model
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(seeds.stream_seed(spec.seed, "model_init"))
         model = build_model(spec.model, op, **spec.model_kwargs())
     model = model.to(device)
     if spec.inject:
@@ -215,7 +218,7 @@ class PreparedRun:
 
 def prepare(spec: RunSpec) -> PreparedRun:
     """Build the task (on the spec's device), the seeded model, Adam, and the measurement batch: the
-    first ``batch_size`` training images with noise seeded by the spec."""
+    first ``batch_size`` training images with noise from the run's ``measure_noise`` stream."""
     from bench.data.tasks import build_task
 
     spec = normalise(spec)
@@ -235,7 +238,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
     if spec.batch_size > len(task.x_train):
         raise ValueError(f"batch_size {spec.batch_size} is larger than n_train {len(task.x_train)}")
     x = task.x_train[: spec.batch_size]  # (B, *in_shape)
-    y = task.measure(x, torch.Generator().manual_seed(spec.seed + 2))  # (B, *out_shape)
+    y = task.measure(x, seeds.generator(spec.seed, "measure_noise"))  # (B, *out_shape)
     return PreparedRun(spec, device, task, model, optimizer, x, y)
 
 

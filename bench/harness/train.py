@@ -3,10 +3,10 @@
 Loss: the mean squared error of the final iterate, ``mean |x_hat - x|^2`` (for complex images the
 squared modulus, i.e. the sum of the real and imaginary squared errors).
 
-Randomness is explicit: batches are drawn from ``task.x_train`` by a CPU ``torch.Generator`` seeded
-with ``cfg.seed`` (epochs of random permutations), the measurement noise of each batch by a second
-CPU generator seeded with ``cfg.seed + 1`` (``Task.measure`` draws on the generator's device, so the
-same noise reaches every device). Parameter initialisation is the caller's business (bench/harness/run.py
+Randomness is explicit: batches are drawn from ``task.x_train`` by the run's ``batch_order`` stream
+(epochs of random permutations), the measurement noise of each batch by its ``train_noise`` stream
+(`bench.data.seeds`, CPU generators: ``Task.measure`` draws on the generator's device, so the same
+noise reaches every device). Parameter initialisation is the caller's business (bench/harness/run.py
 builds the model under ``torch.random.fork_rng`` with the run's seed).
 
 Divergence: a non-finite loss, a non-finite forward residual of any equilibrium solve (a DEQ solver
@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from bench.data import seeds
 
 #: Loss of a reconstruction against its target, ``mean |x_hat - x|^2``.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -164,9 +166,9 @@ def train(
         return TrainResult(losses=[], train_s=0.0, trained=False)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     batches = batch_indices(
-        len(task.x_train), cfg.batch_size, cfg.steps, torch.Generator().manual_seed(cfg.seed)
+        len(task.x_train), cfg.batch_size, cfg.steps, seeds.generator(cfg.seed, "batch_order")
     )
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = seeds.generator(cfg.seed, "train_noise")
     device = task.x_train.device
     model.train()
     losses: list[float] = []
