@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,16 +142,25 @@ class Child:
                 pass
 
 
-def _forkserver_gone() -> bool:
+def _forkserver_gone(settle_s: float = 2.0) -> bool:
+    """Whether the fork server has exited. Asked after a run "exited 255", which is also what
+    multiprocessing reports when the server's pipe closed: a dying server closes its pipe an instant
+    before it becomes a zombie, so its state is looked at for up to `settle_s` before answering no."""
     from multiprocessing import forkserver
 
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if pid is None:
         return False
-    try:  # WNOWAIT: look without reaping, multiprocessing reaps it itself
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:  # WNOWAIT: look without reaping, multiprocessing reaps it itself
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _start_forkserver(
