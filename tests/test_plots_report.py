@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from matplotlib.text import Text
 
-from bench.analysis import compare, plots, report, runtable
+from bench.analysis import compare, figures, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 EXPECTED_FAILED = {
@@ -125,7 +125,8 @@ def _imported_after(modules: str, probe: str) -> bool:
 
 def test_importing_runtable_compare_plots_and_report_does_not_import_torch() -> None:
     assert not _imported_after(
-        "bench.analysis.runtable, bench.analysis.compare, bench.analysis.plots, bench.analysis.report",
+        "bench.analysis.runtable, bench.analysis.compare, bench.analysis.figures, bench.analysis.plots, "
+        "bench.analysis.report",
         "torch",
     )
     # the run table and the 8x check are pure analysis: no matplotlib either
@@ -202,10 +203,10 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
         r["psnr_db"] = r["ssim"] = ""
     _write_csv(tmp_path / "runs.csv", rows, list(runtable.RUN_COLUMNS))
     assert plots.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
-    figures = tmp_path / "figures"
-    assert (figures / "headline_ratio.png").is_file() and (figures / "memory_vs_k.svg").is_file()
-    assert not (figures / "psnr_vs_memory.png").exists()  # skipped: no quality runs
-    assert not (figures / "deq_tolerance.png").exists()
+    out = tmp_path / "figures"
+    assert (out / "headline_ratio.png").is_file() and (out / "memory_vs_k.svg").is_file()
+    assert not (out / "psnr_vs_memory.png").exists()  # skipped: no quality runs
+    assert not (out / "deq_tolerance.png").exists()
     comp = compare.compare_memory(runtable.load_runs(tmp_path))[0]
     assert comp.basis == compare.BASIS_EQUAL_K and comp.verdict == "holds partly"
     raw = _raw_rows()
@@ -220,25 +221,34 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
 
 # -- figures ----------------------------------------------------------------------------------------
 def test_every_figure_is_written_as_png_and_svg(built) -> None:
-    figures = built[0] / "figures"
-    for name in plots.FIGURE_NAMES:
-        png, svg = figures / f"{name}.png", figures / f"{name}.svg"
+    out = built[0] / "figures"
+    for name in figures.FIGURES:
+        png, svg = out / f"{name}.png", out / f"{name}.svg"
         assert png.stat().st_size > 30_000, name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert svg.stat().st_size > 10_000 and b"<svg" in svg.read_bytes()[:2000], name
 
 
 def test_failed_runs_are_marked_on_the_memory_figure(runs) -> None:
-    result = plots.plot_memory_vs_k(runs)
-    assert {(m.task, m.config, m.n_iters, m.status) for m in result.failed} == EXPECTED_FAILED
-    texts = {t.get_text() for t in result.figure.findobj(Text)}
-    assert {"oom", "diverged"} <= texts  # written beside the x at K=10
+    fig = figures.draw("memory_vs_k", runs)
+    style = figures.context(runs).style
+    marks = set()
+    for ax in fig.axes:
+        xs = [line for line in ax.get_lines() if line.get_marker() == "x"]
+        statuses = [t for t in ax.texts if t.get_text() in {"oom", "diverged", "error", "timeout"}]
+        assert len(xs) == len(statuses), ax.get_title()  # every x has its status written beside it
+        for line, text in zip(xs, statuses, strict=True):
+            config = next(c for c in style.order if style.color(c) == line.get_color())
+            marks.add((ax.get_title().split()[0], config, int(line.get_xdata()[0]), text.get_text()))
+    with_k = {m for m in EXPECTED_FAILED if m[2] is not None}
+    assert marks == with_k  # drawn at their K, in their task's panel, in their configuration's colour
+    texts = {t.get_text() for t in fig.findobj(Text)}
     assert any("DEQ D=5 ift: error" in t for t in texts)  # the DEQ has no K: listed in its panel
 
 
 def test_cuda_peak_dashed_only_when_measured(runs) -> None:
     def dashed(df) -> int:
-        fig = plots.plot_memory_vs_k(df).figure
+        fig = figures.draw("memory_vs_k", df)
         return sum(line.get_linestyle() == "--" for ax in fig.axes for line in ax.get_lines())
 
     assert dashed(runs) > 0

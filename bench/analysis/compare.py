@@ -1,6 +1,6 @@
 """The 8x check of a sweep: LU against LUSER training memory at matched PSNR (pandas only, no matplotlib).
 
-The comparison behind the headline figure (:func:`bench.analysis.plots.plot_headline`)
+The comparison behind the headline figure (:func:`bench.analysis.figures.headline.headline_ratio`)
 and :mod:`bench.analysis.report`,
 for one task:
 
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bench.analysis.runtable import MODEL_ORDER, int_text, ordered_tasks
+from bench.analysis.runtable import int_text, ordered_tasks
+from bench.schema import MODEL_ORDER
 
 PSNR_TOL_DB = 0.5
 CLAIMED_RATIO = 8.0

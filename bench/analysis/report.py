@@ -1,9 +1,8 @@
 """``python -m bench report DIR``: a Markdown report of a sweep, written to ``DIR/report.md``.
 
 The report is built from ``DIR/runs.csv`` only (pandas, no torch). It first regenerates the figures
-(:func:`bench.analysis.plots.make_figures`)
-and links them relatively (``figures/*.png``), then gives the 8x check
-per task
+(:func:`bench.analysis.figures.make_figures`) and links them relatively (``figures/*.png``), one
+section per entry of :data:`bench.analysis.figures.FIGURES`, then gives the 8x check per task
 (:mod:`bench.analysis.compare`: LU against LUSER at matched PSNR, the same against checkpointed LU and a
 full DEQ), the verdict with its rule, the failed runs, the environment and the caveats.
 
@@ -31,20 +30,11 @@ from bench.analysis.compare import (
     add_psnr_tol_argument,
     compare_memory,
 )
-from bench.analysis.plots import FigureResult, make_figures
+from bench.analysis.figures import FigureResult, make_figures
 from bench.analysis.runtable import load_runs, ordered_tasks, output_dir
 
 log = logging.getLogger(__name__)
 
-FIGURE_TITLES: dict[str, str] = {
-    "headline_ratio": "Memory saving over plain LU at matched PSNR",
-    "memory_vs_k": "Training memory against K",
-    "step_time_vs_k": "Step time against K",
-    "psnr_vs_memory": "Quality against memory (Pareto front)",
-    "deq_tolerance": "Solver tolerance",
-    "deq_max_iter": "Solver iteration budget",
-    "solver_iterations": "Forward and backward solver iterations",
-}
 MISSING = "–"
 
 
@@ -232,12 +222,12 @@ def _check_tables(comparisons: list[Comparison]) -> str:
 def _figures_section(figures: Sequence[FigureResult]) -> str:
     text = ["## Figures"]
     for fig in figures:
-        text += ["", f"### {FIGURE_TITLES.get(fig.name, fig.name)}", ""]
+        text += ["", f"### {fig.title}", ""]
         if fig.figure is None:
             text.append(f"_Not drawn: {fig.skipped}._")
             continue
         text += [
-            f"![{FIGURE_TITLES.get(fig.name, fig.name)}](figures/{fig.name}.png)",
+            f"![{fig.title}](figures/{fig.name}.png)",
             "",
             f"{fig.caption} ([SVG](figures/{fig.name}.svg))",
         ]

@@ -15,21 +15,18 @@ from typing import Any
 
 import pandas as pd
 
-from bench.harness.results import COLUMNS as RUN_COLUMNS
 from bench.harness.results import read_rows
+from bench.schema import COLUMNS as RUN_COLUMNS
+from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
+from bench.schema import STRING_COLUMNS, TASK_ORDER
 
 # --------------------------------------------------------------------------------------------------
-# The run row (ARCHITECTURE.md, "The run row"): RUN_COLUMNS in this order; extra columns may follow.
-STRING_COLUMNS: tuple[str, ...] = (
-    "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
-)  # fmt: skip
+# The run row (ARCHITECTURE.md, "The run row", names in bench.schema): RUN_COLUMNS in this order;
+# extra columns may follow.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
 
 MIB = 2**20
-TASK_ORDER: tuple[str, ...] = ("deblur", "ct", "mri")
-MODEL_ORDER: tuple[str, ...] = ("lu", "lu_ckpt", "luser", "deq", "classical")
 
 
 # --------------------------------------------------------------------------------------------------

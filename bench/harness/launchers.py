@@ -75,12 +75,9 @@ def failure_row(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
     row: dict[str, Any] = spec_columns(spec)
     row.update(status=status, error=error)
     try:
-        from bench.meters.environment import environment_stamp
+        from bench.meters.environment import environment_columns
 
-        stamp = environment_stamp(spec.device or None)
-        row.update(
-            {k: stamp.get(k, "") for k in ("device", "torch_version", "cuda_version", "git_sha", "timestamp")}
-        )
+        row.update(environment_columns(spec.device or None))
     except Exception as err:  # the stamp must never hide the failure it describes
         row["error"] = f"{error} (environment stamp failed: {type(err).__name__}: {err})"
     return row

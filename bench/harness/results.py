@@ -1,5 +1,5 @@
-"""The results CSVs (`DIR/runs.csv`, and any table written the same way): exact column order, checked
-atomic appends, one reader.
+"""The results CSVs (`DIR/runs.csv`, the columns of `bench.schema.COLUMNS` in order, and any table
+written the same way): checked atomic appends, one reader.
 
 Writing: `append_row` (and `append_record` for any column list) takes an exclusive `fcntl.flock` on
 `<file>.lock`, repairs a torn last line (a line cut by a crash: the file does not end with a newline,
@@ -37,18 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-COLUMNS: tuple[str, ...] = (
-    "run_id", "status", "error", "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver",
-    "tol", "max_iter", "backward", "batch_size", "image_size", "steps", "seed", "lr", "params",
-    "tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "operator_bytes",
-    "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
-    "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
-)  # fmt: skip
-
-STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")
-#: Statuses that `retry_failed` runs again (the others are results of the configuration).
-RETRYABLE: frozenset[str] = frozenset({"error", "timeout"})
+from bench.schema import COLUMNS, RETRYABLE, STATUSES
 
 
 class WriteError(OSError):

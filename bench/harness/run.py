@@ -58,12 +58,9 @@ import torch
 from torch import nn
 
 from bench.data import seeds
-from bench.harness.results import COLUMNS
 from bench.harness.specs import RunSpec, normalise, spec_columns
 from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
-
-_ENV_COLUMNS = ("device", "torch_version", "cuda_version", "git_sha", "timestamp")
-_SOLVER_COLUMNS = ("fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac")
+from bench.schema import COLUMNS, SOLVER_COLUMNS
 
 
 #: "hang" waits until the file named by this environment variable exists (forever when unset), so that
@@ -161,7 +158,7 @@ def _summary(stats: list[Any]) -> dict[str, Any]:
     from bench.meters.quality import solver_summary
 
     summary = solver_summary(stats)
-    return {k: summary.get(k) for k in _SOLVER_COLUMNS}
+    return {k: summary.get(k) for k in SOLVER_COLUMNS}
 
 
 def _bytes(tensors: Any) -> int:
@@ -243,12 +240,11 @@ def prepare(spec: RunSpec) -> PreparedRun:
 
 
 def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
-    from bench.meters.environment import environment_stamp
+    from bench.meters.environment import environment_columns
     from bench.meters.memory import module_bytes, optimizer_state_bytes
     from bench.meters.timing import time_steps
 
-    stamp = environment_stamp(resolve_device(spec))
-    row.update({k: stamp.get(k) for k in _ENV_COLUMNS})
+    row.update(environment_columns(resolve_device(spec)))
     run = prepare(spec)
     device, task, model, op = run.device, run.task, run.model, run.task.operator
     row["operator_bytes"] = module_bytes(op)
@@ -301,13 +297,13 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         bwd = row["bwd_iters_mean"]
         if trained:
             bwd = _summary(result.last_stats)["bwd_iters_mean"]
-        row.update({k: ev[k] for k in _SOLVER_COLUMNS})
+        row.update({k: ev[k] for k in SOLVER_COLUMNS})
         row["bwd_iters_mean"] = bwd
 
 
 def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[str, Any]:
     """Run one spec in this process and return its full CSV row (every column of
-    bench.harness.results.COLUMNS).
+    bench.schema.COLUMNS).
 
     Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
     """

@@ -52,26 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Values of `RunSpec.inject`, a testing aid that makes a run fail on purpose (see bench/harness/run.py):
-#: "nan" makes the model output NaN from its second call, "oom" raises an out-of-memory error in a
-#: step (a real one on CUDA), "crash" SIGKILLs the run's own process, "hang" sleeps forever.
-INJECTS: tuple[str, ...] = ("", "nan", "oom", "crash", "hang")
-
-#: RunSpec fields that are model config keys (CSV columns or common knobs). Whether a model takes a
-#: key is decided by its config class, not here.
-MODEL_KEYS: tuple[str, ...] = (
-    "n_iters",
-    "reg_depth",
-    "reg_width",
-    "solver",
-    "tol",
-    "max_iter",
-    "backward",
-    "act",
-    "bwd_tol",
-    "bwd_max_iter",
-)
-
+from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
 #: Smallest allowed value of the harness's integer fields (None, where allowed, means a default).
 _HARNESS_MINIMUMS: dict[str, int] = {
@@ -125,7 +106,7 @@ class RunSpec:
     timed_steps: int = 3
     device: str = ""  # "" picks cuda when available, else cpu
     cpu_threads: int | None = None  # torch intra-op threads for the run (None: torch's default)
-    inject: str = ""  # testing aid, see INJECTS
+    inject: str = ""  # testing aid: a name of bench.schema.FAULT_NAMES, or "" for none
 
     def __post_init__(self) -> None:
         for name, minimum in _HARNESS_MINIMUMS.items():
@@ -475,13 +456,6 @@ def load_preset(name: str) -> Sweep:
         raise SweepError(f"unknown preset {name!r}; available presets: {presets}")
     text = (importlib.resources.files("bench") / "sweeps" / f"{name}.toml").read_text()
     return loads_sweep(text, default_name=name, source=f"preset {name!r}")
-
-
-#: Run-row columns that come straight from the spec (see ARCHITECTURE.md, "The run row").
-SPEC_COLUMNS: tuple[str, ...] = (
-    "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward",
-    "batch_size", "image_size", "steps", "seed", "lr",
-)  # fmt: skip
 
 
 def spec_columns(spec: RunSpec) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from bench.schema import ENV_COLUMNS
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -58,3 +60,9 @@ def environment_stamp(device: torch.device | str | None = None) -> dict[str, str
         "hostname": socket.gethostname(),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def environment_columns(device: torch.device | str | None = None) -> dict[str, str]:
+    """The stamp's run-row columns (`bench.schema.ENV_COLUMNS`), the one place a row takes them from."""
+    stamp = environment_stamp(device)
+    return {k: stamp[k] for k in ENV_COLUMNS}
