@@ -50,6 +50,7 @@ import dataclasses
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,6 @@ from bench.data import seeds
 from bench.harness.specs import RunSpec, normalise, spec_columns
 from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
 from bench.schema import COLUMNS, SOLVER_COLUMNS
-
 
 #: "hang" waits until the file named by this environment variable exists (forever when unset), so that
 #: tests have a run that is slow for exactly as long as they need.
@@ -323,12 +323,13 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
     except Exception as err:
         status = "oom" if is_oom(err) else "error"
         row.update(status=status, error=f"{type(err).__name__}: {err}")
+        traceback.print_exc()  # the whole story goes to the run's log; the row keeps one line
     finally:
         torch.set_num_threads(threads)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if not row.get("device"):
-        row["device"] = str(resolve_device(spec))
+        row["device"] = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")  # never raises
     return {k: _plain(v) for k, v in row.items()}
 
 

@@ -372,6 +372,12 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
         config_cls(**spec.model_kwargs())
     except (TypeError, ValueError, KeyError) as err:
         raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
+    from bench.harness.checks import check_spec  # checks imports this module
+
+    try:
+        check_spec(spec)
+    except SweepError as err:
+        raise SweepError(f"{where}: {err}") from None
     return spec
 
 

@@ -14,7 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+#: SSIM's Gaussian window (torchmetrics' default) and the smallest image it can score: the window is
+#: padded by half its size on each side, which torch allows only for images larger than the padding.
+SSIM_WINDOW = 11
+MIN_IMAGE_SIZE = SSIM_WINDOW // 2 + 1
 
 
 def _check_images(x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tensor) -> None:
@@ -41,11 +45,15 @@ def psnr_ssim(x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tenso
     """
     _check_images(x_hat, x_true, data_range)
     x_hat, x_true = x_hat.detach(), x_true.detach()
+    # Imported here: torchmetrics' image functions load matplotlib, which a sweep's load-time checks
+    # (reading this module's constants) must not.
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     psnr_db, ssim = [], []
     for i, r in enumerate(data_range.detach().cpu().tolist()):
         pred, target = x_hat[i : i + 1], x_true[i : i + 1]  # (1, C, H, W)
         psnr_db.append(float(peak_signal_noise_ratio(pred, target, data_range=r)))
-        ssim_i = structural_similarity_index_measure(pred, target, data_range=r)  # a tensor here
+        ssim_i = structural_similarity_index_measure(pred, target, data_range=r, kernel_size=SSIM_WINDOW)
         ssim.append(float(ssim_i if isinstance(ssim_i, torch.Tensor) else ssim_i[0]))
     return sum(psnr_db) / len(psnr_db), sum(ssim) / len(ssim)
 
