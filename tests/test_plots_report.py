@@ -359,3 +359,31 @@ def test_a_table_written_before_the_later_columns_reads_them_as_not_measured() -
         (df[c] == "").all() if c in text_columns else df[c].isna().all() for c in runtable.LATER_COLUMNS
     )
     assert df["tracked_peak_bytes"].notna().any()
+
+
+def test_ratio_and_selection_use_the_allocator_peak_with_the_tracked_ratio_beside(runs) -> None:
+    """Give every run an allocator peak = tracked peak + a per-model scratch constant: the ratio is then
+    the ratio of allocator peaks, the tracked ratio stays what it was, and the meter says which."""
+    scratch = {"lu": 4e6, "lu_ckpt": 4e6, "luser": 5e6, "deq": 1e6, "classical": 1e4}
+    with_alloc = runs.assign(alloc_peak_bytes=runs["tracked_peak_bytes"] + runs["model"].map(scratch))
+    before = {c.task: c for c in compare.compare_memory(runs)}["deblur"]
+    comp = {c.task: c for c in compare.compare_memory(with_alloc)}["deblur"]
+    assert before.memory_meter == compare.TRACKED_METER and comp.memory_meter == compare.ALLOC_METER
+    lu, luser = comp.lu, comp.luser
+    assert comp.ratio == pytest.approx(
+        (lu["tracked_peak_bytes"] + 4e6) / (luser["tracked_peak_bytes"] + 5e6), rel=1e-12
+    )
+    tracked = lu["tracked_peak_bytes"] / luser["tracked_peak_bytes"]
+    assert comp.tracked_ratio == pytest.approx(tracked, rel=1e-12)
+    assert comp.ratio < comp.tracked_ratio  # LUSER's larger scratch shrinks the saving
+    # The matched LUSER is the least-memory one by the allocator peak: none within the tolerance is lower.
+    same = with_alloc[
+        (with_alloc["task"] == "deblur") & (with_alloc["model"] == "luser")
+        & (with_alloc["n_iters"] == lu["n_iters"]) & (with_alloc["psnr_db"] >= lu["psnr_db"] - 0.5)
+        & (with_alloc["batch_size"] == lu["batch_size"]) & (with_alloc["image_size"] == lu["image_size"])
+        & (with_alloc["status"] == "ok")
+    ]  # fmt: skip
+    assert luser["alloc_peak_bytes"] == same["alloc_peak_bytes"].min()
+    verdict = _section(report.render_report(with_alloc, []), "## Verdict")
+    deblur_line = next(line for line in verdict.splitlines() if line.startswith("| deblur |"))
+    assert f"| {comp.ratio:.2f}x | {compare.ALLOC_METER} | {comp.tracked_ratio:.2f}x |" in deblur_line
