@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.harness.checks import min_image_size
 from bench.harness.run import run_spec
 from bench.harness.specs import RunSpec, SweepError, loads_sweep
-from bench.meters.quality import MIN_IMAGE_SIZE
 from operators import OPERATORS
 
 BASE = 'task = "deblur"\nmodel = "classical"\nmethod = "adjoint"\nimage_size = 16\nn_train = 4\nn_test = 1\n'
@@ -22,10 +22,10 @@ CASES = [
     ('method = "fbp"', r"key 'method' 'fbp' does not apply to task 'deblur'; accepted there: \[.*'tikhonov'"),
     ("lr = nan", r"key 'lr' must be a finite number, got nan"),
     ('model = "deq"\ntol = inf', r"key 'tol' must be a finite number, got inf"),
-    ('task = "ct"\nimage_size = 3', rf"key 'image_size' must be >= {MIN_IMAGE_SIZE} \(SSIM's 11-pixel"),
-    ('task = "mri"\nimage_size = 1', r"key 'image_size' must be >= 6 .*got 1 for task 'mri'"),
-    ('task = "mri"\nimage_size = 2', r"key 'image_size' must be >= 6 .*got 2 for task 'mri'"),
-    ('task = "mri"\nimage_size = 3', r"key 'image_size' must be >= 6 .*got 3 for task 'mri'"),
+    ('task = "ct"\nimage_size = 3', rf"'image_size' must be >= {min_image_size()} \(the largest SSIM"),
+    ('task = "mri"\nimage_size = 1', rf"'image_size' must be >= {min_image_size()} .*got 1 for task 'mri'"),
+    ('task = "mri"\nimage_size = 2', rf"'image_size' must be >= {min_image_size()} .*got 2 for task 'mri'"),
+    ('task = "mri"\nimage_size = 3', rf"'image_size' must be >= {min_image_size()} .*got 3 for task 'mri'"),
     ("image_size = 8", r"key 'image_size' must be >= the blur kernel size 9, got 8 for task 'deblur'"),
 ]
 

@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 from matplotlib.text import Text
 
 from bench.analysis import compare, figures, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
+CURVES_FIXTURE = Path(__file__).parent / "fixtures" / "curves.csv"  # beside FIXTURE: K=5 LU-5/17, LUSER
 EXPECTED_FAILED = {
     ("deblur", "LU D=17", 10, "oom"),
     ("mri", "LUSER 2-layer jfb", 10, "diverged"),
@@ -52,6 +54,7 @@ def built(tmp_path_factory) -> tuple[Path, bytes]:
     """``python -m bench report DIR`` on a copy of the fixture (this also draws every figure)."""
     sweep = tmp_path_factory.mktemp("sweep")
     shutil.copy(FIXTURE, sweep / "runs.csv")
+    shutil.copy(CURVES_FIXTURE, sweep / "curves.csv")
     assert report.main(argparse.Namespace(dir=sweep, psnr_tol_db=0.5)) == 0
     return sweep, (sweep / "report.md").read_bytes()
 
@@ -202,11 +205,17 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
     for r in rows:
         r["psnr_db"] = r["ssim"] = ""
     _write_csv(tmp_path / "runs.csv", rows, list(runtable.RUN_COLUMNS))
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "psnr_vs_memory.png").write_bytes(b"stale, from an earlier table")
     assert plots.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
     out = tmp_path / "figures"
     assert (out / "headline_ratio.png").is_file() and (out / "memory_vs_k.svg").is_file()
-    assert not (out / "psnr_vs_memory.png").exists()  # skipped: no quality runs
+    assert not (out / "psnr_vs_memory.png").exists()  # not drawn (no quality runs): the stale file is gone
     assert not (out / "deq_tolerance.png").exists()
+    assert report.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 0
+    text = _section((tmp_path / "report.md").read_text(), "## Figures")
+    reason = figures.draw("psnr_vs_memory", runtable.load_runs(tmp_path))
+    assert isinstance(reason, str) and f"_Not drawn: {reason}._" in text
     comp = compare.compare_memory(runtable.load_runs(tmp_path))[0]
     assert comp.basis == compare.BASIS_EQUAL_K and comp.verdict == "holds partly"
     raw = _raw_rows()
@@ -220,13 +229,20 @@ def test_profile_only_data_falls_back_to_equal_k(tmp_path: Path) -> None:
 
 
 # -- figures ----------------------------------------------------------------------------------------
-def test_every_figure_is_written_as_png_and_svg(built) -> None:
+def test_every_registered_figure_is_saved_as_png_and_svg_of_the_drawn_figure(runs, built) -> None:
     out = built[0] / "figures"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}.{e}" for n in figures.FIGURES for e in ("png", "svg")
+    )
     for name in figures.FIGURES:
-        png, svg = out / f"{name}.png", out / f"{name}.svg"
-        assert png.stat().st_size > 30_000, name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert svg.stat().st_size > 10_000 and b"<svg" in svg.read_bytes()[:2000], name
+        fig = figures.draw(name, runs)
+        assert not isinstance(fig, str), fig  # the fixture has the data of every figure
+        width, height = fig.get_size_inches() * figures.PNG_DPI
+        assert imread(out / f"{name}.png").shape[:2] == (round(height), round(width)), name
+        title = fig.get_suptitle()
+        assert title and title.replace("&", "&amp;") in (out / f"{name}.svg").read_text(encoding="utf-8"), (
+            name
+        )
 
 
 def test_failed_runs_are_marked_on_the_memory_figure(runs) -> None:
@@ -285,7 +301,89 @@ def test_report_contents_and_links(built) -> None:
     assert "deblur: 2000; ct: 2000; mri: 3000" in _section(text, "## Caveats")
 
 
+def test_report_has_one_figure_section_per_registered_figure_in_order(runs, built) -> None:
+    text = _section(built[1].decode(), "## Figures")
+    headings = [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")]
+    assert headings == [entry.title for entry in figures.FIGURES.values()]
+    ctx = figures.context(runs, psnr_tol_db=0.5)
+    for entry in figures.FIGURES.values():
+        assert f"![{entry.title}](figures/{entry.name}.png)" in text
+        assert f"{entry.caption_text(ctx)} ([SVG](figures/{entry.name}.svg))" in text
+    assert "within 0.5 dB PSNR" in figures.FIGURES["headline_ratio"].caption_text(ctx)
+
+
 def test_report_regeneration_is_byte_identical(built) -> None:
     sweep, first = built
     path = report.write_report(sweep, psnr_tol_db=0.5)
     assert path.read_bytes() == first
+
+
+def test_learning_curves_draw_one_line_per_run_on_step_and_time_axes(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE, tmp_path / "runs.csv")
+    runs = runtable.load_runs(tmp_path)
+    assert figures.draw("learning_curves", runs).startswith("no learning curves")  # no curves.csv yet
+    shutil.copy(CURVES_FIXTURE, tmp_path / "curves.csv")
+    fig = figures.draw("learning_curves", runtable.load_runs(tmp_path))
+    curves = runtable.load_curves(tmp_path)
+    drawn = curves[curves["run_id"] != "ffffffffffff"]  # the curve without a run row is left out
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in axes] == ["training step", "training wall time (s)"] * 2
+    for ax, x in zip(axes, ["step", "elapsed_s"] * 2, strict=True):
+        task = "deblur" if "deblur" in ax.get_ylabel() or ax in axes[:2] else "ct"
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+        want = drawn[drawn["run_id"].str.startswith(task)]
+        assert len(lines) == want["run_id"].nunique() == 3
+        assert sorted(float(v) for line in lines for v in line.get_xdata()) == sorted(want[x].tolist())
+
+
+def test_report_training_section_lists_trained_runs_with_budget_and_stop(runs) -> None:
+    df = runs.copy()
+    assert "No trained runs" in report._training_section(df)  # the fixture has no steps_run
+    picked = df["run_id"].isin(["deblur.quality.lu-d5-k5", "ct.quality.lu-d17-k5"])
+    df.loc[picked, ["steps_run", "best_step", "val_psnr_db"]] = [1200.0, 800.0, 27.5]
+    df.loc[picked, "stopped_by"] = "plateau"
+    text = report._training_section(df)
+    table = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
+    assert len(table) == 2 and table[0].startswith("| deblur | LU D=5 | 5 |")  # task order, then config
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4:8] == ["1200 / 2000", "plateau", "800", "27.50"]
+
+
+def test_a_table_written_before_the_later_columns_reads_them_as_not_measured() -> None:
+    header = FIXTURE.read_text().splitlines()[0].split(",")
+    assert not set(runtable.LATER_COLUMNS) & set(header)  # the fixture predates them
+    df = runtable.load_runs(FIXTURE)
+    text_columns = set(runtable.STRING_COLUMNS)
+    assert all(
+        (df[c] == "").all() if c in text_columns else df[c].isna().all() for c in runtable.LATER_COLUMNS
+    )
+    assert df["tracked_peak_bytes"].notna().any()
+
+
+def test_ratio_and_selection_use_the_allocator_peak_with_the_tracked_ratio_beside(runs) -> None:
+    """Give every run an allocator peak = tracked peak + a per-model scratch constant: the ratio is then
+    the ratio of allocator peaks, the tracked ratio stays what it was, and the meter says which."""
+    scratch = {"lu": 4e6, "lu_ckpt": 4e6, "luser": 5e6, "deq": 1e6, "classical": 1e4}
+    with_alloc = runs.assign(alloc_peak_bytes=runs["tracked_peak_bytes"] + runs["model"].map(scratch))
+    before = {c.task: c for c in compare.compare_memory(runs)}["deblur"]
+    comp = {c.task: c for c in compare.compare_memory(with_alloc)}["deblur"]
+    assert before.memory_meter == compare.TRACKED_METER and comp.memory_meter == compare.ALLOC_METER
+    lu, luser = comp.lu, comp.luser
+    assert comp.ratio == pytest.approx(
+        (lu["tracked_peak_bytes"] + 4e6) / (luser["tracked_peak_bytes"] + 5e6), rel=1e-12
+    )
+    tracked = lu["tracked_peak_bytes"] / luser["tracked_peak_bytes"]
+    assert comp.tracked_ratio == pytest.approx(tracked, rel=1e-12)
+    assert comp.ratio < comp.tracked_ratio  # LUSER's larger scratch shrinks the saving
+    # The matched LUSER is the least-memory one by the allocator peak: none within the tolerance is lower.
+    same = with_alloc[
+        (with_alloc["task"] == "deblur") & (with_alloc["model"] == "luser")
+        & (with_alloc["n_iters"] == lu["n_iters"]) & (with_alloc["psnr_db"] >= lu["psnr_db"] - 0.5)
+        & (with_alloc["batch_size"] == lu["batch_size"]) & (with_alloc["image_size"] == lu["image_size"])
+        & (with_alloc["status"] == "ok")
+    ]  # fmt: skip
+    assert luser["alloc_peak_bytes"] == same["alloc_peak_bytes"].min()
+    verdict = _section(report.render_report(with_alloc, []), "## Verdict")
+    deblur_line = next(line for line in verdict.splitlines() if line.startswith("| deblur |"))
+    assert f"| {comp.ratio:.2f}x | {compare.ALLOC_METER} | {comp.tracked_ratio:.2f}x |" in deblur_line

@@ -4,7 +4,7 @@
 with a value no run could use fails at load (exit 2, nothing written) instead of as error rows, or
 worse, as runs that "diverge". Checked: the device; every number finite (TOML allows nan and inf);
 the noise level; the batch against the training set; the image size against the metric's window
-(`bench.meters.quality.MIN_IMAGE_SIZE`) and against the operator, which is asked
+(`min_image_size`, the largest SSIM window) and against the operator, which is asked
 (`LinearOperator.image_size_error`, a class method: nothing is built); and a classical method
 against the task's operator (`CLASSICAL_METHODS[m].applies`, asked of a small instance of that
 operator, built once per task).
@@ -39,15 +39,21 @@ def _probe_operator(task: str) -> Any:
     return build_operator(spec.operator, image_size=_PROBE_SIZE, **dict(spec.operator_kwargs))
 
 
+def min_image_size() -> int:
+    """The smallest image every SSIM convention can score (`bench.meters.quality.ssim_window_px`)."""
+    from bench.meters.quality import SSIM_CONVENTIONS, ssim_window_px
+
+    return max(ssim_window_px(c) for c in SSIM_CONVENTIONS)
+
+
 def _image_size_error(spec: RunSpec) -> str | None:
     from bench.data.tasks import TASKS
-    from bench.meters.quality import MIN_IMAGE_SIZE, SSIM_WINDOW
     from operators import OPERATORS
 
     size = spec.image_size
     assert size is not None  # normalised
-    if size < MIN_IMAGE_SIZE:
-        return f"must be >= {MIN_IMAGE_SIZE} (SSIM's {SSIM_WINDOW}-pixel window), got {size}"
+    if size < min_image_size():
+        return f"must be >= {min_image_size()} (the largest SSIM window, in pixels), got {size}"
     task = TASKS[spec.task]
     return OPERATORS[task.operator].image_size_error(size, **dict(task.operator_kwargs))
 

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,15 +94,24 @@ def death_text(code: int) -> str:
     return text
 
 
-def write_row_file(row: Mapping[str, Any], row_path: str) -> None:
-    """Write the row JSON atomically; on failure print the cause and exit with ROW_WRITE_FAILED."""
-    tmp = Path(row_path + ".tmp")
-    try:
-        tmp.write_text(json.dumps(row))
-        os.replace(tmp, row_path)  # the parent sees a whole row or none
-    except OSError as err:
-        print(f"cannot write the row file {tmp}: {err.strerror or err}", file=sys.stderr, flush=True)
-        sys.exit(ROW_WRITE_FAILED)
+def curve_path_of(row_path: Path) -> Path:
+    """Where a run's child leaves its learning curve, beside its row: `rows/<run_id>.curve.json`."""
+    return row_path.with_name(row_path.stem + ".curve.json")
+
+
+def write_child_result(row_path: Path, row: Mapping[str, Any], curve: Sequence[Any]) -> None:
+    """Write the curve, then the row, each atomically (the parent sees a whole row or none, and a
+    row means its curve is there). On failure print the cause and exit with ROW_WRITE_FAILED."""
+    from bench.harness.curves import curve_rows
+
+    for path, payload in ((curve_path_of(row_path), curve_rows(str(row["run_id"]), curve)), (row_path, row)):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(payload))
+            os.replace(tmp, path)
+        except OSError as err:
+            print(f"cannot write the row file {tmp}: {err.strerror or err}", file=sys.stderr, flush=True)
+            sys.exit(ROW_WRITE_FAILED)
 
 
 def _child_main(
@@ -118,10 +127,11 @@ def _child_main(
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
-    from bench.harness.run import run_spec
+    from bench.harness.run import run_with_curve
     from bench.harness.specs import spec_from_json
 
-    write_row_file(run_spec(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes), row_path)
+    row, curve = run_with_curve(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
+    write_child_result(Path(row_path), row, curve)
 
 
 class Child:

@@ -49,8 +49,10 @@ from bench.harness.children import (
     STARTERS,
     ForkServerDied,
     RunGuard,
+    curve_path_of,
     death_text,
 )
+from bench.harness.curves import CURVES_FILE, write_curve
 from bench.harness.results import WriteError, append_row
 from bench.harness.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
 
@@ -134,6 +136,7 @@ def run_in_fresh_process(
     row_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.unlink(missing_ok=True)
+    curve_path_of(row_path).unlink(missing_ok=True)
 
     child = STARTERS[start](spec_json, row_path, log_path, memory_budget_bytes, dict(env or {}))
     if guard is not None and not guard.admit(run_id, child):
@@ -161,10 +164,12 @@ def run_in_fresh_process(
             errno.EIO, f"run {run_id}: its process could not write its row: {_last_log_line(log_path)}"
         )
 
+    curve: list[dict[str, Any]] = []
     if timed_out:
         row = failure_row(spec, "timeout", f"run exceeded --run-timeout {run_timeout_s:g} s and was killed")
     elif code == 0 and row_path.exists():
         row = json.loads(row_path.read_text())
+        curve = json.loads(curve_path_of(row_path).read_text())
         if row.get("status") == "error":
             row["error"] = one_line(row.get("error", ""), log_path)
     else:
@@ -176,6 +181,7 @@ def run_in_fresh_process(
             + (f"; last log line: {last}" if last else "")
             + f" (log: {log_path})",
         )
+    write_curve(out_dir / CURVES_FILE, run_id, curve)  # before the row: a row means a whole curve
     append_row(csv_path, row)
     return row
 

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.schema import COLUMNS, RETRYABLE, STATUSES
+from bench.schema import COLUMNS, LATER_COLUMNS, RETRYABLE, STATUSES
 
 
 class WriteError(OSError):
@@ -202,7 +202,9 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
     append_record(path, row, COLUMNS)
 
 
-def read_table(path: str | Path, columns: Sequence[str] = COLUMNS) -> list[dict[str, str]]:
+def read_table(
+    path: str | Path, columns: Sequence[str] = COLUMNS, optional: Sequence[str] = ()
+) -> list[dict[str, str]]:
     """All complete rows of a table written by `append_record`, in file order ([] without a file).
 
     The header must contain every name in `columns` (extra columns may follow; rows may omit them);
@@ -235,16 +237,19 @@ def read_table(path: str | Path, columns: Sequence[str] = COLUMNS) -> list[dict[
     header = [h.strip() for h in next(reader, [])]
     if not header:
         return []
-    missing = [c for c in columns if c not in header]
+    missing = [c for c in columns if c not in header and c not in optional]
     if missing:
         raise ValueError(
             f"{path} lacks required column(s): {', '.join(missing)}; the table has the {len(columns)} "
             f"columns {', '.join(columns)} (extra columns may follow)"
         )
+    absent = {c: "" for c in columns if c not in header}  # optional columns of a newer schema
+    known = sum(h in columns for h in header)  # the schema's columns come first, extras follow
     rows = []
     for fields in reader:
-        if len(header) >= len(fields) >= len(columns):
-            rows.append(dict(zip(header, fields + [""] * (len(header) - len(fields)), strict=True)))
+        if len(header) >= len(fields) >= known:
+            padded = fields + [""] * (len(header) - len(fields))
+            rows.append({**absent, **dict(zip(header, padded, strict=True))})
         else:
             warnings.warn(
                 f"{path}: dropped line {reader.line_num}: {len(fields)} fields, expected {len(header)}",
@@ -254,8 +259,9 @@ def read_table(path: str | Path, columns: Sequence[str] = COLUMNS) -> list[dict[
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All complete run rows of `runs.csv`, in file order (see `read_table`)."""
-    return read_table(path, COLUMNS)
+    """All complete run rows of `runs.csv`, in file order (see `read_table`); columns added to the
+    schema later (`bench.schema.LATER_COLUMNS`) are empty in tables written before them."""
+    return read_table(path, COLUMNS, LATER_COLUMNS)
 
 
 def latest_rows(path: str | Path) -> dict[str, dict[str, str]]:
