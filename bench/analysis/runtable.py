@@ -19,6 +19,7 @@ from bench.harness.curves import CURVES_FILE
 from bench.harness.results import read_rows, read_table
 from bench.schema import COLUMNS as RUN_COLUMNS
 from bench.schema import CURVE_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import LATER_COLUMNS as LATER_COLUMNS  # re-exported for readers of the table
 from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 
 # --------------------------------------------------------------------------------------------------
