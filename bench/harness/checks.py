@@ -1,6 +1,7 @@
 """Load-time checks of a run spec: everything that can be known wrong before a run starts.
 
-`check_spec(spec)` raises `SweepError` naming the key and what is accepted, so that a sweep file
+`check_spec(spec)` raises ValueError (a `SweepError` once out of `bench.harness.specs`) naming
+the key and what is accepted, so that a sweep file
 with a value no run could use fails at load (exit 2, nothing written) instead of as error rows, or
 worse, as runs that "diverge". Checked: the device; every number finite (TOML allows nan and inf);
 the noise level; the batch against the training set; the image size against the metric's window
@@ -17,15 +18,13 @@ import math
 import re
 from typing import Any
 
-from bench.harness.specs import RunSpec, SweepError, normalise
-
 #: Accepted `device` values: "" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".
 DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?)?")
 _DEVICES_TEXT = "'' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'"
 _PROBE_SIZE = 16  # the size of the operator instance asked which classical methods apply
 
 
-def _numbers(spec: RunSpec) -> list[tuple[str, Any]]:
+def _numbers(spec: Any) -> list[tuple[str, Any]]:
     fields = [(k, getattr(spec, k)) for k in spec.__dataclass_fields__ if k != "model_extra"]
     return [(k, v) for k, v in [*fields, *spec.model_extra] if isinstance(v, float)]
 
@@ -46,7 +45,7 @@ def min_image_size() -> int:
     return max(ssim_window_px(c) for c in SSIM_CONVENTIONS)
 
 
-def _image_size_error(spec: RunSpec) -> str | None:
+def _image_size_error(spec: Any) -> str | None:
     from bench.data.tasks import TASKS
     from operators import OPERATORS
 
@@ -58,7 +57,7 @@ def _image_size_error(spec: RunSpec) -> str | None:
     return OPERATORS[task.operator].image_size_error(size, **dict(task.operator_kwargs))
 
 
-def _method_error(spec: RunSpec) -> str | None:
+def _method_error(spec: Any) -> str | None:
     if spec.model != "classical":
         return None
     from models import MODELS
@@ -72,25 +71,25 @@ def _method_error(spec: RunSpec) -> str | None:
     return f"{method!r} does not apply to task {spec.task!r}; accepted there: {applicable_methods(op)}"
 
 
-def check_spec(spec: RunSpec) -> None:
-    """Raise SweepError naming the first key of `spec` no run could use, and what is accepted."""
-    spec = normalise(spec)
+def check_spec(spec: Any) -> None:
+    """Raise ValueError naming the first key of the normalised RunSpec `spec` no run could use, and
+    what is accepted (`bench.harness.specs` turns it into a SweepError naming where)."""
     if not DEVICE_PATTERN.fullmatch(spec.device):
-        raise SweepError(f"key 'device' has unknown value {spec.device!r}; accepted: {_DEVICES_TEXT}")
+        raise ValueError(f"key 'device' has unknown value {spec.device!r}; accepted: {_DEVICES_TEXT}")
     for key, value in _numbers(spec):
         if not math.isfinite(value):
-            raise SweepError(f"key {key!r} must be a finite number, got {value!r}")
+            raise ValueError(f"key {key!r} must be a finite number, got {value!r}")
     assert spec.noise_sigma is not None and spec.n_train is not None  # normalised
     if spec.noise_sigma < 0:
-        raise SweepError(f"key 'noise_sigma' must be >= 0, got {spec.noise_sigma!r}")
+        raise ValueError(f"key 'noise_sigma' must be >= 0, got {spec.noise_sigma!r}")
     if spec.batch_size > spec.n_train:
-        raise SweepError(
+        raise ValueError(
             f"key 'batch_size' must be <= n_train ({spec.n_train}: batches are drawn from the training"
             f" images), got {spec.batch_size}"
         )
     problem = _image_size_error(spec)
     if problem:
-        raise SweepError(f"key 'image_size' {problem.removeprefix('image_size ')} for task {spec.task!r}")
+        raise ValueError(f"key 'image_size' {problem.removeprefix('image_size ')} for task {spec.task!r}")
     problem = _method_error(spec)
     if problem:
-        raise SweepError(f"key 'method' {problem}")
+        raise ValueError(f"key 'method' {problem}")

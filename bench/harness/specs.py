@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness.checks import check_spec
 from bench.harness.coerce import coerce, type_name
 from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
@@ -345,11 +346,9 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
         config_cls(**spec.model_kwargs())
     except (TypeError, ValueError, KeyError) as err:
         raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
-    from bench.harness.checks import check_spec  # checks imports this module
-
     try:
         check_spec(spec)
-    except SweepError as err:
+    except ValueError as err:
         raise SweepError(f"{where}: {err}") from None
     return spec
 
