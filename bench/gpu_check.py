@@ -353,7 +353,7 @@ def probe(path: str) -> None:
     import torch
 
     from bench.meters.environment import environment_stamp
-    from bench.meters.memory import nvml_columns, nvml_info
+    from bench.meters.nvml import nvml_columns, nvml_info
 
     def version(name: str) -> str | None:
         try:

@@ -95,3 +95,11 @@ def test_tracked_peak_slope_matches_cuda_peak(
         f"cuda {slope_cuda / MIB:.4f} MiB/K ({table})"
     )
     assert max(abs(o) for o in offsets) <= MAX_OFFSET_BYTES, f"{case}: offset above 32 MiB ({table})"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_on_cuda_the_allocator_peak_is_the_cuda_peak_and_nothing_leaks(case: str) -> None:
+    model_name, cfg_of_k = CASES[case]
+    report = _warm_step_memory(model_name, cfg_of_k(KS[0]))
+    assert report.alloc_peak_bytes == report.cuda_peak_bytes  # the same step feeds both
+    assert report.leaked_bytes == 0

@@ -87,32 +87,9 @@ def test_schema_imports_nothing_heavy() -> None:
 
 
 def test_nvml_columns_are_the_meters_and_at_the_end_of_the_row() -> None:
-    from bench.meters.memory import nvml_columns
+    from bench.meters.nvml import nvml_columns
 
     assert tuple(nvml_columns("cpu")) == schema.NVML_COLUMNS
     assert schema.COLUMNS[-len(schema.NVML_COLUMNS) :] == schema.NVML_COLUMNS
-    assert schema.FIRST_COLUMNS[-1] == "model_extra" and _is_subsequence(schema.FIRST_COLUMNS, schema.COLUMNS)
+    assert _is_subsequence(schema.NVML_COLUMNS, schema.LATER_COLUMNS)  # older tables read them as empty
 
-
-def test_a_csv_from_before_the_later_columns_stays_readable_and_appendable(tmp_path: Path) -> None:
-    from bench.analysis.runtable import load_runs
-    from bench.harness.results import append_row, read_rows
-
-    old = tmp_path / "runs.csv"
-    first = {c: "" for c in schema.FIRST_COLUMNS} | {"run_id": "a1", "status": "ok", "task": "deblur",
-                                                     "model": "lu", "tracked_peak_bytes": "1024"}  # fmt: skip
-    old.write_text(
-        ",".join(schema.FIRST_COLUMNS) + "\n" + ",".join(first[c] for c in schema.FIRST_COLUMNS) + "\n"
-    )
-    new = {"run_id": "b2", "status": "ok", "task": "ct", "model": "lu", "nvml_status": "ok"}
-    append_row(old, new)
-    lines = old.read_text().splitlines()
-    assert len({line.count(",") for line in lines}) == 1  # every line keeps the old header's width
-    rows = read_rows(old)
-    assert [r["run_id"] for r in rows] == ["a1", "b2"]
-    assert all(r[c] == "" for r in rows for c in schema.NVML_COLUMNS)  # absent from the file: empty
-    table = load_runs(old)
-    assert list(table["run_id"]) == ["a1", "b2"] and table["nvml_status"].eq("").all()
-    (tmp_path / "bad.csv").write_text("run_id,status,part\n")
-    with pytest.raises(ValueError, match="header does not match"):
-        read_rows(tmp_path / "bad.csv")
