@@ -27,12 +27,18 @@ COLUMNS: tuple[str, ...] = (
     "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
     "cuda_version", "git_sha", "timestamp", "model_extra", "alloc_peak_bytes", "steady_peak_bytes",
     "leaked_bytes", "steady_steps", "val_every", "patience", "min_delta_db", "lr_schedule", "steps_run",
-    "best_step", "stopped_by", "val_psnr_db", "noise_sigma", "operator_settings", "precision", "data",
+    "best_step", "stopped_by", "val_psnr_db",
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
+    "noise_sigma", "operator_settings", "precision", "data",
+)  # fmt: skip
+#: Columns of NVML's view of a CUDA run (`bench.meters.nvml.nvml_columns`; empty off CUDA).
+NVML_COLUMNS: tuple[str, ...] = (
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
 )  # fmt: skip
 #: Columns added after the first ones: a table written before them reads them as not measured.
 LATER_COLUMNS: tuple[str, ...] = (
     "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "val_every", "patience",
-    "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db",
+    "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db", *NVML_COLUMNS,
     "noise_sigma", "operator_settings", "precision", "data",
 )  # fmt: skip
 
@@ -49,8 +55,8 @@ SOLVER_COLUMNS: tuple[str, ...] = ("fwd_iters_mean", "bwd_iters_mean", "final_re
 #: Columns holding text; every other column is a number (empty where not measured).
 STRING_COLUMNS: tuple[str, ...] = (
     "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra", "lr_schedule", "stopped_by", "operator_settings",
-    "precision", "data",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "lr_schedule", "stopped_by", "nvml_device_name",
+    "nvml_driver_version", "nvml_status", "operator_settings", "precision", "data",
 )  # fmt: skip
 #: Columns of the problem a run solved beside its model (`bench.harness.problem`): the effective noise
 #: level, operator settings (JSON), the networks' precision and the data (JSON), in COLUMNS order.

@@ -147,7 +147,9 @@ def test_faults_give_status_rows_and_the_sweep_goes_on(
     assert by_inject["nan"]["status"] == "diverged"
     assert by_inject["oom"]["status"] == "oom" and "OutOfMemoryError" in by_inject["oom"]["error"]
     crash = by_inject["crash"]
-    assert crash["status"] == "error" and "process exited with code -9" in crash["error"]
+    assert crash["status"] == "error" and "process killed by SIGKILL (signal 9)" in crash["error"]
+    assert "out-of-memory killer" in crash["error"] and "\n" not in crash["error"]
+    assert crash["error"].endswith(f"(log: {out / 'logs' / crash['run_id']}.log)")
     assert crash["model"] == "classical" and crash["torch_version"]  # spec columns and stamp filled in
     # Re-running skips every finished run; --retry-failed runs the error row again (a new row).
     assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0

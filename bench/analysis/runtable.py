@@ -16,8 +16,10 @@ from typing import Any
 import pandas as pd
 
 from bench.harness.curves import CURVES_FILE
+from bench.harness.results import read_rows, read_table
 from bench.schema import COLUMNS as RUN_COLUMNS
-from bench.schema import CURVE_COLUMNS, LATER_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import CURVE_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import LATER_COLUMNS as LATER_COLUMNS  # re-exported for readers of the table
 from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
 
 # --------------------------------------------------------------------------------------------------
@@ -86,7 +88,10 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     Adds ``config`` (see :func:`config_label`), ``setting`` (``"B=8, 128×128"``) and, for every
     ``*_bytes`` column, a ``*_mib`` column (bytes / 2**20). ``attrs["rows_read"]`` is the raw row count.
 
-    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table or missing columns.
+    The rows are read by `bench.harness.results.read_rows`, the reader the sweep resumes from: a torn
+    last line is dropped with a warning and extra trailing columns are kept.
+    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table, missing columns or
+    bytes that are not UTF-8 (naming the file and line).
     """
     path = Path(dir_or_csv)
     csv_path = path / "runs.csv" if path.is_dir() else path
@@ -94,22 +99,11 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run table at {csv_path}: expected DIR/runs.csv or the path of a CSV file"
         )
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
+    if csv_path.stat().st_size == 0:
         raise ValueError(
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
-        ) from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    for col in LATER_COLUMNS:
-        if col not in raw.columns:
-            raw[col] = ""
-    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "
-            f"{len(RUN_COLUMNS)} columns: {', '.join(RUN_COLUMNS)}"
         )
+    raw = pd.DataFrame(read_rows(csv_path))  # the harness's reader: torn last line dropped, extras kept
     if raw.empty:
         raise ValueError(f"{csv_path} has a header but no runs")
     df = raw.drop_duplicates("run_id", keep="last").reset_index(drop=True)
@@ -145,9 +139,7 @@ def load_curves(dir_or_csv: str | Path) -> pd.DataFrame:
     curve_path = folder / CURVES_FILE
     if not curve_path.is_file():
         return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
-    df = pd.read_csv(curve_path, dtype=str, keep_default_na=False)
-    if tuple(df.columns) != CURVE_COLUMNS:
-        raise ValueError(f"{curve_path}: expected the columns {list(CURVE_COLUMNS)}, got {list(df.columns)}")
+    df = pd.DataFrame(read_table(curve_path, CURVE_COLUMNS), columns=list(CURVE_COLUMNS))  # the one reader
     for col in CURVE_COLUMNS[1:]:
         df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
     return df

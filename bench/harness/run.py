@@ -10,7 +10,8 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
    ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
    here), then one warm step under `bench.meters.memory.measure_step_memory` (tracked peak,
-   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks), then
+   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks, then NVML's
+   view: `nvml_columns`), then
    ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
@@ -42,7 +43,8 @@ blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`
 
 ``spec.inject`` (testing aid, see `FAULTS`) wraps the model so that its *second* call fails: "nan"
 returns NaN images from then on, "oom" raises an out-of-memory error (a real one on CUDA: an
-impossible allocation), "crash" SIGKILLs this process, "hang" sleeps forever. Run "crash" and "hang"
+impossible allocation), "crash" SIGKILLs this process, "hang" waits (forever, or until the file named by
+$BENCH_HANG_RELEASE exists; it prints its pid to the log first). Run "crash" and "hang"
 only in a child process (the launchers do).
 """
 
@@ -52,6 +54,7 @@ import dataclasses
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +76,10 @@ from bench.harness.train import (
     train_step,
 )
 from bench.schema import COLUMNS, SOLVER_COLUMNS
+
+#: "hang" waits until the file named by this environment variable exists (forever when unset), so that
+#: tests have a run that is slow for exactly as long as they need.
+HANG_RELEASE_ENV = "BENCH_HANG_RELEASE"
 
 
 class BudgetExceeded(RuntimeError):
@@ -98,8 +105,11 @@ def _fault_crash(recon: Any, device: torch.device) -> Any:
 
 
 def _fault_hang(recon: Any, device: torch.device) -> Any:
-    while True:
-        time.sleep(3600)
+    release = os.environ.get(HANG_RELEASE_ENV)
+    print(f"injected hang: pid {os.getpid()} waiting for {release or 'ever'}", flush=True)
+    while not (release and os.path.exists(release)):
+        time.sleep(0.05)
+    return recon
 
 
 #: inject name -> what happens from the model's second call on (the first call is a warm-up step).
@@ -265,6 +275,7 @@ def _execute(
 ) -> None:
     from bench.meters.environment import environment_columns
     from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.nvml import nvml_columns
     from bench.meters.timing import time_steps
 
     row.update(environment_columns(resolve_device(spec)))
@@ -291,6 +302,7 @@ def _execute(
         leaked_bytes=mem.leaked_bytes,
         steady_steps=mem.steady_steps,
     )
+    row.update(nvml_columns(device))  # the driver's view after the measured steps (None off CUDA)
     if memory_budget_bytes is not None:
         resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
         resident += _bytes([task.x_train, task.x_test])
@@ -373,12 +385,13 @@ def run_with_curve(
     except Exception as err:
         status = "oom" if is_oom(err) else "error"
         row.update(status=status, error=f"{type(err).__name__}: {err}")
+        traceback.print_exc()  # the whole story goes to the run's log; the row keeps one line
     finally:
         torch.set_num_threads(threads)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if not row.get("device"):
-        row["device"] = str(resolve_device(spec))
+        row["device"] = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")  # never raises
     return {k: _plain(v) for k, v in row.items()}, curve
 
 

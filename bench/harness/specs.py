@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import problem
+from bench.harness.checks import check_spec
 from bench.harness.coerce import coerce, type_name
 from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
@@ -402,6 +403,10 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
         config_cls(**spec.model_kwargs())
     except (TypeError, ValueError, KeyError) as err:
         raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
+    try:
+        check_spec(spec)
+    except ValueError as err:
+        raise SweepError(f"{where}: {err}") from None
     return spec
 
 
@@ -471,9 +476,14 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep TOML file; any problem raises SweepError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {err}") from None
+        raise SweepError(f"cannot read sweep file {str(path)!r}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise SweepError(
+            f"sweep file {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset"
+            f" {err.start}); TOML files must be UTF-8"
+        ) from None
     return loads_sweep(text, default_name=path.stem, source=str(path))
 
 

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 #: SSIM convention name -> keyword arguments of ``skimage.metrics.structural_similarity`` (besides
 #: ``data_range``), see the module docstring.
@@ -93,6 +92,10 @@ def psnr_ssim(
     x_hat, x_true = x_hat.detach(), x_true.detach()
     hat64 = x_hat.to("cpu", torch.float64).numpy()  # (B, C, H, W)
     true64 = x_true.to("cpu", torch.float64).numpy()
+    # Imported here: torchmetrics' image functions load matplotlib, which a sweep's load-time checks
+    # (reading this module's SSIM windows) must not.
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     psnr_db, ssims = [], []
     for i, r in enumerate(data_range.detach().cpu().tolist()):
         pred, target = x_hat[i : i + 1], x_true[i : i + 1]  # (1, C, H, W)
