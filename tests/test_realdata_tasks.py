@@ -151,6 +151,6 @@ def test_example_sweep_files_are_valid_sweeps(name: str, n_specs: int, roots: di
 
     text = (Path(__file__).parents[1] / "examples" / "sweeps" / f"{name}.toml").read_text()
     text = re.sub(r'data_root = "[^"]*"', f'data_root = "{roots[name]}"', text)
-    text = re.sub(r"n_(train|val|test) = \d+", r"n_\1 = 2", text)
+    text = re.sub(r"(n_train|n_val|n_test|batch_size) = \d+", r"\1 = 2", text)
     sweep = loads_sweep(text)
     assert len(sweep.specs) == n_specs and {s.data for s in sweep.specs} == {name}

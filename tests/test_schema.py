@@ -91,6 +91,7 @@ def test_nvml_columns_are_the_meters_and_at_the_end_of_the_row() -> None:
     from bench.meters.nvml import nvml_columns
 
     assert tuple(nvml_columns("cpu")) == schema.NVML_COLUMNS
-    assert schema.COLUMNS[-len(schema.NVML_COLUMNS) :] == schema.NVML_COLUMNS
+    start = schema.COLUMNS.index(schema.NVML_COLUMNS[0])  # one block, among the later columns
+    assert schema.COLUMNS[start : start + len(schema.NVML_COLUMNS)] == schema.NVML_COLUMNS
     assert _is_subsequence(schema.NVML_COLUMNS, schema.LATER_COLUMNS)  # older tables read them as empty
 
