@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plot": "bench.analysis.plots",
     "report": "bench.analysis.report",
     "gate": "bench.gate",
+    "gpu-check": "bench.gpu_check",
     "_run-one": "bench.cli:RUN_ONE",  # internal: one run in this process (used by the launchers)
 }
 
@@ -131,9 +134,39 @@ def _key_fields(row: dict[str, Any]) -> str:
     return " ".join(f"{k}={row[k]}" for k in keys if row.get(k) is not None)
 
 
+def _out_error(out: Path) -> str | None:
+    """Why --out cannot be the sweep's folder (None when it can): not a folder, or not creatable."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"--out {out}: cannot create the folder: {err.strerror or err}"
+    if not os.access(out, os.W_OK):
+        return f"--out {out}: the folder is not writable"
+    return None
+
+
+def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str:
+    """Counts per status of the sweep's runs and how many are still to run (failures apart)."""
+    from bench.harness.results import RETRYABLE, STATUSES, latest_rows
+
+    latest = latest_rows(csv_path)
+    statuses = [latest[s.run_id]["status"] for s in specs if s.run_id in latest]
+    counts = ", ".join(f"{statuses.count(k)} {k}" for k in STATUSES if statuses.count(k))
+    failed = sum(statuses.count(k) for k in RETRYABLE)
+    todo = len(specs) - len(statuses)
+    line = f"finished in {elapsed_s:.1f} s: {counts or 'no rows'}; {todo} run(s) still to run"
+    if failed:
+        line += f" ({failed} failed: --retry-failed runs them again)"
+    return line
+
+
 def _sweep_main(args: argparse.Namespace) -> int:
+    from bench.harness.children import ForkServerDied, SweepInterrupted
     from bench.harness.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
-    from bench.harness.results import finished_run_ids
+    from bench.harness.owner import FolderOwned, own
+    from bench.harness.results import WriteError, finished_run_ids
     from bench.harness.specs import SweepError, load_preset, load_sweep, spec_columns
 
     try:
@@ -148,7 +181,11 @@ def _sweep_main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     csv_path = out / "runs.csv"
-    done = finished_run_ids(csv_path, retry_failed=args.retry_failed)
+    try:
+        done = finished_run_ids(csv_path, retry_failed=args.retry_failed)
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read {csv_path}: {err}", file=sys.stderr)
+        return 2
     todo = [s for s in sweep.specs if s.run_id not in done]
     n_done = len(sweep.specs) - len(todo)
 
@@ -162,7 +199,10 @@ def _sweep_main(args: argparse.Namespace) -> int:
         print(f"{len(sweep.specs)} runs in sweep {sweep.name!r}: {n_done} already done, {len(todo)} to run")
         return 0
 
-    out.mkdir(parents=True, exist_ok=True)
+    problem = _out_error(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     opts = LaunchOptions(
         memory_budget_bytes=args.memory_budget,
         run_timeout_s=args.run_timeout,
@@ -172,23 +212,38 @@ def _sweep_main(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         start=args.start,
     )
-    print(f"sweep {sweep.name!r}: {len(sweep.specs)} runs, {n_done} done, {len(todo)} to run -> {csv_path}",
-          file=sys.stderr)  # fmt: skip
-    t0 = time.monotonic()
-    if args.launcher == "slurm":
-        slurm = SlurmOptions(
-            partition=args.partition,
-            time_min=args.time_min,
-            gpus_per_task=args.gpus_per_task,
-            wait=not args.no_wait,
-        )
-        launch_slurm(todo, str(csv_path), opts, slurm)
-        if args.no_wait:
-            return 0
-    else:
-        LAUNCHERS[args.launcher](todo, str(csv_path), opts)
-    remaining = [s for s in sweep.specs if s.run_id not in finished_run_ids(csv_path)]
-    print(f"finished in {time.monotonic() - t0:.1f} s; {len(remaining)} run(s) still to do", file=sys.stderr)
+    try:
+        with own(out) as stale:
+            if stale:
+                print(f"note: took over {out} from a sweep that is gone ({stale})", file=sys.stderr)
+            head = f"sweep {sweep.name!r}: {len(sweep.specs)} runs, {n_done} done, {len(todo)} to run"
+            print(f"{head} -> {csv_path}", file=sys.stderr)
+            t0 = time.monotonic()
+            if args.launcher == "slurm":
+                slurm = SlurmOptions(
+                    partition=args.partition,
+                    time_min=args.time_min,
+                    gpus_per_task=args.gpus_per_task,
+                    wait=not args.no_wait,
+                )
+                launch_slurm(todo, str(csv_path), opts, slurm)
+                if args.no_wait:
+                    return 0
+            else:
+                LAUNCHERS[args.launcher](todo, str(csv_path), opts)
+    except FolderOwned as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as err:
+        print(f"interrupted by {err}; a resume runs them again", file=sys.stderr)
+        return err.exit_code
+    except (WriteError, ForkServerDied) as err:
+        print(f"error: {err}; the sweep stopped (rows already in {csv_path} are intact)", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: cannot use --out {out}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    print(_summary_line(sweep.specs, csv_path, time.monotonic() - t0), file=sys.stderr)
     return 0
 
 
@@ -205,17 +260,13 @@ def _run_one_add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_one_main(args: argparse.Namespace) -> int:
-    import json
-    import os
-
-    from bench.harness.run import run_spec
+    from bench.harness.children import die_with_parent, write_child_result
+    from bench.harness.run import run_with_curve
     from bench.harness.specs import spec_from_json
 
-    row = run_spec(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
-    out = Path(args.row_out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, out)  # atomic: the parent sees a whole row or none
+    die_with_parent()
+    row, curve = run_with_curve(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
+    write_child_result(Path(args.row_out), row, curve)  # atomic: the parent sees a whole row or none
     return 0
 
 
@@ -248,7 +299,12 @@ def _usage() -> str:
     return f"usage: python -m bench {{{names}}} ...\n       python -m bench SUBCOMMAND --help"
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _warning_line  # one line per warning (e.g. a torn CSV line), no source
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(), file=sys.stderr if not argv else sys.stdout)
@@ -268,4 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv[1:])
     except SystemExit as exc:  # argparse exits 2 on bad options, 0 on --help
         return int(exc.code or 0)
-    return int(command.main(args))
+    try:
+        return int(command.main(args))
+    except KeyboardInterrupt:
+        print(f"interrupted (SIGINT) during {name}; nothing more was started", file=sys.stderr)
+        return 130

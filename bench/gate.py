@@ -5,9 +5,16 @@ deterministic) of one warm training step for a fixed set of configurations, ever
 at small sizes (the sweep `bench/sweeps/gate.toml`), and compares them with a committed baseline:
 
 - a configuration whose peak grew by more than `--max-increase` (1 %) fails the gate (exit 1);
+- a configuration that keeps bytes alive between steps (``leaked_bytes > 0`` over the run's
+  consecutive warm steps, `bench.meters.memory.steady_memory`) fails, whatever its peak;
 - one that shrank by more than `--report-decrease` (5 %) is listed as an improvement, with a
   suggestion to refresh the baseline with `--update`;
 - a configuration missing from the baseline, or a run that did not finish (`status != ok`), fails.
+
+The table also shows the allocator-level peak (``alloc_peak_bytes``, kernel scratch included) and the
+steady peak over several steps beside the tracked one. The allocator peak is recorded in the baseline
+and its change shown, but not gated: the scratch a CPU kernel allocates depends on the CPU's
+instruction set and the oneDNN build, so it is a property of the machine as much as of the code.
 
 Configurations are keyed by their label (task/model and the swept fields), not by run_id: a changed
 model default then shows up as a change in bytes rather than as a missing configuration.
@@ -40,6 +47,10 @@ class GateEntry:
     now_bytes: int | None
     baseline_bytes: int | None
     status: str = "ok"
+    alloc_bytes: int | None = None
+    alloc_baseline_bytes: int | None = None
+    steady_bytes: int | None = None
+    leaked_bytes: int | None = None
 
     @property
     def change(self) -> float | None:
@@ -50,13 +61,18 @@ class GateEntry:
 
 
 def config_label(row: Mapping[str, Any]) -> str:
-    """A readable name for a gate configuration, e.g. 'ct/luser K=2 D=2 ift'."""
+    """A readable name for a gate configuration, e.g. 'ct/luser K=2 D=2 ift' ('... ift cell=feature'
+    for a non-default LUSER cell, so the image-cell labels stay what they were)."""
     parts = [f"{row['task']}/{row['model']}"]
     for key, short in (("n_iters", "K"), ("reg_depth", "D"), ("reg_width", "C")):
         if row.get(key) not in (None, ""):
             parts.append(f"{short}={row[key]}")
     if row.get("backward") not in (None, ""):
         parts.append(str(row["backward"]))
+    extra = str(row.get("model_extra") or "")
+    cell = json.loads(extra).get("cell") if extra.startswith("{") else None
+    if cell:
+        parts.append(f"cell={cell}")
     return " ".join(parts)
 
 
@@ -98,11 +114,16 @@ def write_baseline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     if bad:
         raise RuntimeError(f"refusing to write a baseline with failed runs: {bad}")
     doc = {
-        "description": "tracked peak bytes of one warm training step per gate configuration "
-        "(bench/sweeps/gate.toml); regenerate with `python -m bench gate --update`",
+        "description": "tracked peak bytes (gated) and allocator-level peak bytes (reported) of one "
+        "warm training step per gate configuration (bench/sweeps/gate.toml); regenerate with "
+        "`python -m bench gate --update`",
         "torch_version": torch.__version__.split("+")[0],
         "configs": {
-            r["label"]: {"run_id": r["run_id"], "tracked_peak_bytes": int(r["tracked_peak_bytes"])}
+            r["label"]: {
+                "run_id": r["run_id"],
+                "tracked_peak_bytes": int(r["tracked_peak_bytes"]),
+                "alloc_peak_bytes": _int(r.get("alloc_peak_bytes")),
+            }
             for r in sorted(rows, key=lambda r: r["label"])
         },
     }
@@ -112,23 +133,27 @@ def write_baseline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def _int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
 def compare(rows: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any]) -> list[GateEntry]:
     configs = baseline["configs"]
     entries = []
     for r in rows:
-        base = configs.get(r["label"])
-        now = (
-            int(r["tracked_peak_bytes"])
-            if r["status"] == "ok" and r["tracked_peak_bytes"] is not None
-            else None
-        )
+        base = configs.get(r["label"]) or {}
+        ok = r["status"] == "ok"
         entries.append(
             GateEntry(
                 run_id=r["run_id"],
                 label=r["label"],
-                now_bytes=now,
-                baseline_bytes=None if base is None else int(base["tracked_peak_bytes"]),
-                status=str(r["status"]) if r["status"] == "ok" else f"{r['status']}: {r['error']}",
+                now_bytes=_int(r["tracked_peak_bytes"]) if ok else None,
+                baseline_bytes=_int(base.get("tracked_peak_bytes")),
+                status=str(r["status"]) if ok else f"{r['status']}: {r['error']}",
+                alloc_bytes=_int(r.get("alloc_peak_bytes")) if ok else None,
+                alloc_baseline_bytes=_int(base.get("alloc_peak_bytes")),
+                steady_bytes=_int(r.get("steady_peak_bytes")) if ok else None,
+                leaked_bytes=_int(r.get("leaked_bytes")) if ok else None,
             )
         )
     return entries
@@ -138,13 +163,28 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.3f} MiB"
 
 
+def _pct(now: int | None, base: int | None) -> str:
+    return "-" if now is None or not base else f"{100 * (now / base - 1):+.2f} %"
+
+
 def format_table(entries: Sequence[GateEntry]) -> str:
-    header = ("config", "baseline", "now", "change")
+    """Tracked peak (baseline, now, change: gated), allocator peak (now, change), steady peak, leak."""
+    header = ("config", "baseline", "now", "change", "alloc now", "alloc change", "steady", "leaked B")
     lines = [header]
     for e in entries:
-        change = "-" if e.change is None else f"{100 * e.change:+.2f} %"
-        lines.append((e.label, _mib(e.baseline_bytes), _mib(e.now_bytes), change))
-    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+        lines.append(
+            (
+                e.label,
+                _mib(e.baseline_bytes),
+                _mib(e.now_bytes),
+                _pct(e.now_bytes, e.baseline_bytes),
+                _mib(e.alloc_bytes),
+                _pct(e.alloc_bytes, e.alloc_baseline_bytes),
+                _mib(e.steady_bytes),
+                "-" if e.leaked_bytes is None else str(e.leaked_bytes),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
@@ -161,6 +201,7 @@ def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: 
     improved = [e for e in entries if e.change is not None and e.change < -report_decrease]
     missing = [e for e in entries if e.baseline_bytes is None]
     failed = [e for e in entries if e.status != "ok"]
+    leaking = [e for e in entries if e.leaked_bytes]
     out = []
     if regressed:
         out.append(
@@ -168,6 +209,11 @@ def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: 
             f"{100 * max_increase:.1f} %:"
         )
         out.append(format_table(regressed))
+    if leaking:
+        out.append(
+            f"FAIL: {len(leaking)} configuration(s) keep bytes alive between steps (leaked_bytes > 0):"
+        )
+        out.append(format_table(leaking))
     if failed:
         out.append("FAIL: run(s) did not finish: " + "; ".join(f"{e.label} ({e.status})" for e in failed))
     if missing:
@@ -181,9 +227,12 @@ def verdict(entries: Sequence[GateEntry], max_increase: float, report_decrease: 
             "refresh the baseline with `python -m bench gate --update`:"
         )
         out.append(format_table(improved))
-    code = 1 if (regressed or failed or missing) else 0
+    code = 1 if (regressed or failed or missing or leaking) else 0
     if code == 0:
-        out.append(f"PASS: {len(entries)} configurations within +{100 * max_increase:.1f} % of the baseline")
+        out.append(
+            f"PASS: {len(entries)} configurations within +{100 * max_increase:.1f} % of the baseline, "
+            "none leaking between steps"
+        )
     return code, "\n".join(out)
 
 

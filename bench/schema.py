@@ -4,7 +4,8 @@ Torch-free and importing nothing from the project, so the analysis (pandas only)
 (torch) read the same lists:
 
 - the run row (`COLUMNS`, ARCHITECTURE.md "The run row") and its groups: the columns copied from the
-  spec, the environment stamp's and the solver summary's, which columns are text;
+  spec, the environment stamp's and the solver summary's, which columns are text, the values of
+  ``stopped_by``; the learning-curve columns (`CURVE_COLUMNS`);
 - the spec keys that are model config keys (`MODEL_KEYS`, fields of `bench.harness.specs.RunSpec`);
 - the fault names a spec may inject (`FAULT_NAMES`, the keys of `bench.harness.faults.FAULTS`);
 - the statuses a row may have;
@@ -24,13 +25,26 @@ COLUMNS: tuple[str, ...] = (
     "tracked_peak_bytes", "saved_bytes", "param_bytes", "grad_bytes", "optimizer_bytes", "operator_bytes",
     "cuda_peak_bytes", "cuda_reserved_bytes", "step_ms_median", "step_ms_iqr", "train_s", "psnr_db", "ssim",
     "fwd_iters_mean", "bwd_iters_mean", "final_residual_max", "converged_frac", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "alloc_peak_bytes", "steady_peak_bytes",
+    "leaked_bytes", "steady_steps", "val_every", "patience", "min_delta_db", "lr_schedule", "steps_run",
+    "best_step", "stopped_by", "val_psnr_db",
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
+)  # fmt: skip
+#: Columns of NVML's view of a CUDA run (`bench.meters.nvml.nvml_columns`; empty off CUDA).
+NVML_COLUMNS: tuple[str, ...] = (
+    "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
+)  # fmt: skip
+#: Columns added after the first ones: a table written before them reads them as not measured.
+LATER_COLUMNS: tuple[str, ...] = (
+    "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "val_every", "patience",
+    "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db", *NVML_COLUMNS,
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.
 SPEC_COLUMNS: tuple[str, ...] = (
     "part", "task", "model", "n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward",
-    "batch_size", "image_size", "steps", "seed", "lr",
+    "batch_size", "image_size", "steps", "seed", "lr", "val_every", "patience", "min_delta_db",
+    "lr_schedule",
 )  # fmt: skip
 #: Columns of the environment stamp (`bench.meters.environment.environment_stamp`), in COLUMNS order.
 ENV_COLUMNS: tuple[str, ...] = ("device", "torch_version", "cuda_version", "git_sha", "timestamp")
@@ -39,8 +53,13 @@ SOLVER_COLUMNS: tuple[str, ...] = ("fwd_iters_mean", "bwd_iters_mean", "final_re
 #: Columns holding text; every other column is a number (empty where not measured).
 STRING_COLUMNS: tuple[str, ...] = (
     "run_id", "status", "error", "part", "task", "model", "solver", "backward", "device", "torch_version",
-    "cuda_version", "git_sha", "timestamp", "model_extra",
+    "cuda_version", "git_sha", "timestamp", "model_extra", "lr_schedule", "stopped_by", "nvml_device_name",
+    "nvml_driver_version", "nvml_status",
 )  # fmt: skip
+#: Values of ``stopped_by``: a validation plateau, or the whole step budget.
+STOP_REASONS: tuple[str, ...] = ("plateau", "max_steps")
+#: The learning curves beside the run table (``DIR/curves.csv``, `bench.harness.curves`), in CSV order.
+CURVE_COLUMNS: tuple[str, ...] = ("run_id", "step", "train_loss", "val_psnr_db", "elapsed_s", "lr")
 
 #: A row's status: the run's outcome.
 STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")

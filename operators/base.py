@@ -38,6 +38,12 @@ class LinearOperator(nn.Module):
         # A zero-size buffer that records the operator's real dtype and device, whatever else it holds.
         self.register_buffer("_dtype_probe", torch.zeros(0), persistent=False)
 
+    @classmethod
+    def image_size_error(cls, image_size: int, **kwargs: object) -> str | None:
+        """Why this operator cannot take ``image_size`` with constructor ``kwargs`` (None: it can),
+        answered without building it, so that a sweep can be checked before any run starts."""
+        return None if image_size >= 1 else f"image_size must be >= 1, got {image_size}"
+
     # --- dtype and device -------------------------------------------------------------------------
     @property
     def real_dtype(self) -> torch.dtype:

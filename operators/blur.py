@@ -65,6 +65,14 @@ class Blur(LinearOperator):
     kernel: Tensor  # (kh, kw) real
     otf: Tensor  # (N, N // 2 + 1, 2) real: real and imaginary parts of the kernel's rfft2
 
+    @classmethod
+    def image_size_error(cls, image_size: int, **kwargs: object) -> str | None:
+        """The kernel must fit in the image: image_size >= kernel_size (default 9)."""
+        kernel_size = kwargs.get("kernel_size", 9)
+        if isinstance(kernel_size, int) and image_size < kernel_size:
+            return f"image_size must be >= the blur kernel size {kernel_size}, got {image_size}"
+        return super().image_size_error(image_size)
+
     def __init__(
         self,
         image_size: int = 128,

@@ -42,9 +42,10 @@ def test_every_natural_source_loads_offline_with_its_declared_colour():
 
 def test_natural_splits_are_disjoint_and_cover_the_sources():
     train, test = set(datasets.NATURAL_SPLITS["train"]), set(datasets.NATURAL_SPLITS["test"])
-    assert not train & test
-    assert train | test == set(datasets.NATURAL_SOURCES)
-    for split in ("train", "test"):
+    val = set(datasets.NATURAL_SPLITS["val"])
+    assert not train & test and not val & (train | test)
+    assert train | val | test == set(datasets.NATURAL_SOURCES)
+    for split in ("train", "val", "test"):
         assert len(datasets.natural_sources(split, channels=3)) >= 2
 
 
@@ -218,11 +219,13 @@ def test_mni_file_is_what_the_script_makes_from_the_template():
 
 def test_mni_split_is_disjoint_by_slice_and_documented():
     z_train, z_test = datasets.mni_z_index("train"), datasets.mni_z_index("test")
-    assert len(z_train) == 48 and len(z_test) == 12
+    z_val = datasets.mni_z_index("val")
+    assert len(z_train) == 42 and len(z_val) == 6 and len(z_test) == 12
     assert not set(z_train.tolist()) & set(z_test.tolist())
     script = _load_script()
-    assert sorted(z_train.tolist() + z_test.tolist()) == list(script.Z_INDEX)
+    assert sorted(z_train.tolist() + z_val.tolist() + z_test.tolist()) == list(script.Z_INDEX)
     assert z_test.tolist() == list(script.Z_INDEX[2::5])  # every 5th slice, from the third
+    assert z_val.tolist() == list(script.Z_INDEX[4::10])  # every 10th slice, from the fifth
 
 
 def test_mni_slices_values_and_resizing():

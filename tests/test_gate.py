@@ -20,18 +20,25 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**ns)
 
 
-def _plant(monkeypatch: pytest.MonkeyPatch, n_floats: int) -> None:
-    """Make LU keep an extra tensor of `n_floats` float32 alive from every forward call."""
+def _plant(monkeypatch: pytest.MonkeyPatch, n_floats: int, *, leak: bool = False) -> None:
+    """Make every LU forward call allocate an extra tensor of `n_floats` float32, held by the
+    reconstruction until the step ends (`leak=False`: a larger peak, nothing outlives the step) or
+    kept forever in a list (`leak=True`: a leak between steps)."""
     import models.lu
 
     kept: list[torch.Tensor] = []
     forward = models.lu.LU.forward
 
-    def leaky(self, y, op):
-        kept.append(torch.empty(n_floats))
-        return forward(self, y, op)
+    def planted(self, y, op):
+        extra = torch.empty(n_floats)
+        recon = forward(self, y, op)
+        if leak:
+            kept.append(extra)
+        else:
+            recon.x.planted = extra  # alive as long as the step's graph
+        return recon
 
-    monkeypatch.setattr(models.lu.LU, "forward", leaky)
+    monkeypatch.setattr(models.lu.LU, "forward", planted)
 
 
 def _baseline_peak() -> int:
@@ -50,7 +57,7 @@ def test_gate_fails_on_planted_regression(monkeypatch: pytest.MonkeyPatch, capsy
     (peak,) = [
         c["tracked_peak_bytes"] for label, c in baseline["configs"].items() if label.startswith(CONFIG)
     ]
-    # A kept tensor of 2 % of the peak must fail a 1 % gate ...
+    # A held tensor of 2 % of the peak must fail a 1 % gate ...
     _plant(monkeypatch, int(0.02 * peak) // 4)
     assert gate.main(_args()) == 1
     out = capsys.readouterr().out
@@ -65,6 +72,28 @@ def test_gate_tolerates_growth_below_threshold(monkeypatch: pytest.MonkeyPatch) 
     # ... and one of 0.5 % must pass: the gate measures what it claims, to the byte.
     _plant(monkeypatch, int(0.005 * peak) // 4)
     assert gate.main(_args()) == 0
+
+
+def test_gate_fails_on_a_planted_leak_below_the_peak_threshold(monkeypatch, capsys) -> None:
+    # 64 bytes kept from every step: far below 1 % of the peak, but it outlives the steps.
+    _plant(monkeypatch, 16, leak=True)
+    assert gate.main(_args()) == 1
+    out = capsys.readouterr().out
+    assert "leaked_bytes > 0" in out and CONFIG in out
+    (row,) = gate.measure(CONFIG)
+    assert row["leaked_bytes"] == 3 * 16 * 4 and row["steady_steps"] == 3  # one per steady step
+
+
+def test_gate_reports_the_new_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gate.main(_args()) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header[:4] == ["config", "baseline", "now", "change"] and "leaked" in header
+    (line,) = [ln for ln in out.splitlines() if ln.startswith(CONFIG)]
+    assert line.split()[-1] == "0"  # leaked bytes of our LU
+    (row,) = gate.measure(CONFIG)
+    assert int(row["alloc_peak_bytes"]) > int(row["tracked_peak_bytes"])  # kernel scratch on top
+    assert int(row["steady_peak_bytes"]) == int(row["tracked_peak_bytes"])
 
 
 def test_gate_update_round_trip_and_missing_config(tmp_path: Path, capsys) -> None:

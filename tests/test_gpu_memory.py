@@ -4,7 +4,8 @@ For each model and K in (1, 2, 4, 8), one warm training step (forward, MSE loss,
 on 128x128 deblurring, batch 4, width 32, is measured twice by `measure_step_memory`: under the
 tracker, then (next step) by `torch.cuda.max_memory_allocated`. The claim checked: the tracked peak
 grows with K at the same rate as the CUDA peak (least-squares slopes within 1 %), and the two differ
-by a constant offset of at most 32 MiB (cuDNN workspace, allocator rounding).
+by a constant offset of at most 32 MiB (cuDNN workspace, allocator rounding). Slopes, their ratio
+and the offsets go to the junit XML as properties (`python -m bench gpu-check` prints them).
 
 K is the number of LU steps (`n_iters`), except for `deq`, which has none: there K is the number of
 hidden layers of its DnCNN (`reg_depth = K + 2`), the quantity its memory grows with.
@@ -34,6 +35,7 @@ CASES: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "lu": ("lu", lambda k: {"n_iters": k}),
     "lu_ckpt": ("lu_ckpt", lambda k: {"n_iters": k}),
     "luser_ift": ("luser", lambda k: {"n_iters": k, "backward": "ift"}),
+    "luser_ift_hook": ("luser", lambda k: {"n_iters": k, "backward": "ift_hook"}),
     "luser_jfb": ("luser", lambda k: {"n_iters": k, "backward": "jfb"}),
     "deq": ("deq", lambda k: {"reg_depth": k + 2}),
 }
@@ -66,7 +68,9 @@ def _slope(ks: tuple[int, ...], values: list[int]) -> float:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_tracked_peak_slope_matches_cuda_peak(case: str) -> None:
+def test_tracked_peak_slope_matches_cuda_peak(
+    case: str, record_property: Callable[[str, object], None]
+) -> None:
     model_name, cfg_of_k = CASES[case]
     reports = [_warm_step_memory(model_name, cfg_of_k(k)) for k in KS]
     tracked = [r.tracked_peak_bytes for r in reports]
@@ -77,10 +81,25 @@ def test_tracked_peak_slope_matches_cuda_peak(case: str) -> None:
         for k, t, c in zip(KS, tracked, cuda, strict=True)
     )
     slope_tracked, slope_cuda = _slope(KS, tracked), _slope(KS, cuda)
+    offsets = [c - t for c, t in zip(cuda, tracked, strict=True)]
+    # Reported before the checks, so a failing case still leaves its numbers in the junit XML.
+    record_property("slope_tracked_mib_per_k", f"{slope_tracked / MIB:.4f}")
+    record_property("slope_cuda_mib_per_k", f"{slope_cuda / MIB:.4f}")
+    record_property("slope_ratio", f"{slope_tracked / slope_cuda:.5f}" if slope_cuda else "nan")
+    record_property("offset_mib_min", f"{min(offsets) / MIB:.3f}")
+    record_property("offset_mib_max", f"{max(offsets) / MIB:.3f}")
+    record_property("table", table)
     assert slope_cuda > 0, f"{case}: the CUDA peak does not grow with K ({table})"
     assert abs(slope_tracked - slope_cuda) <= SLOPE_RTOL * slope_cuda, (
         f"{case}: slopes differ: tracked {slope_tracked / MIB:.4f} MiB/K, "
         f"cuda {slope_cuda / MIB:.4f} MiB/K ({table})"
     )
-    offsets = [c - t for c, t in zip(cuda, tracked, strict=True)]
     assert max(abs(o) for o in offsets) <= MAX_OFFSET_BYTES, f"{case}: offset above 32 MiB ({table})"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_on_cuda_the_allocator_peak_is_the_cuda_peak_and_nothing_leaks(case: str) -> None:
+    model_name, cfg_of_k = CASES[case]
+    report = _warm_step_memory(model_name, cfg_of_k(KS[0]))
+    assert report.alloc_peak_bytes == report.cuda_peak_bytes  # the same step feeds both
+    assert report.leaked_bytes == 0

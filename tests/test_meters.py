@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import structural_similarity
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from bench.meters.environment import environment_stamp, git_sha
@@ -80,7 +81,7 @@ def test_known_mse_gives_known_psnr_per_image_range() -> None:
     assert psnr_db == pytest.approx(sum(expected) / 2, abs=1e-4)
 
 
-def test_per_image_data_ranges_match_torchmetrics_per_image() -> None:
+def test_per_image_data_ranges_match_torchmetrics_psnr_and_scikit_image_ssim_per_image() -> None:
     x_true = _images(1) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1)
     x_hat = x_true + 0.05 * _images(2)
     ranges = x_true.amax(dim=(1, 2, 3))  # (B,) like the fastMRI convention
@@ -90,14 +91,79 @@ def test_per_image_data_ranges_match_torchmetrics_per_image() -> None:
         for i, r in enumerate(ranges)
     ]
     ref_ssim = [
-        float(structural_similarity_index_measure(x_hat[i : i + 1], x_true[i : i + 1], data_range=float(r)))
+        structural_similarity(
+            x_true[i, 0].double().numpy(), x_hat[i, 0].double().numpy(), data_range=float(r),
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        )
         for i, r in enumerate(ranges)
-    ]
+    ]  # fmt: skip
     assert psnr_db == pytest.approx(np.mean(ref_psnr), rel=1e-6)
-    assert ssim == pytest.approx(np.mean(ref_ssim), rel=1e-6)
+    assert ssim == pytest.approx(np.mean(ref_ssim), abs=1e-6)
     # ... and the ranges matter: one common range gives a different answer.
     psnr_common, _ = psnr_ssim(x_hat, x_true, torch.ones(3))
     assert abs(psnr_common - psnr_db) > 0.5
+
+
+_SKIMAGE_KW = {
+    "gaussian": dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False),
+    "fastmri": dict(win_size=7),  # fastMRI's evaluate.ssim: scikit-image's defaults
+}
+
+
+@pytest.mark.parametrize("convention", ["gaussian", "fastmri"])
+def test_ssim_equals_direct_scikit_image_calls_on_fixed_images(convention: str) -> None:
+    """A natural picture (scikit-image's camera, 64x64) and a noisy, blurred reconstruction of it."""
+    from skimage import data
+    from skimage.transform import resize
+
+    x = torch.from_numpy(resize(data.camera() / 255.0, (64, 64), anti_aliasing=True))  # (H, W) float64
+    noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    rgb = torch.stack([x, x.flip(0), x.T])  # (3, H, W): a colour image, channels averaged
+    rgb_hat = rgb + 0.03 * torch.randn(rgb.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    r = float(x.max()) if convention == "fastmri" else 1.0
+    _, got = psnr_ssim(noisy[None, None], x[None, None], torch.tensor([r]), convention)
+    want = structural_similarity(x.numpy(), noisy.numpy(), data_range=r, **_SKIMAGE_KW[convention])
+    assert got == pytest.approx(want, abs=1e-6)
+    _, got_rgb = psnr_ssim(rgb_hat[None], rgb[None], torch.tensor([r]), convention)
+    want_rgb = structural_similarity(
+        rgb.numpy(), rgb_hat.numpy(), data_range=r, channel_axis=0, **_SKIMAGE_KW[convention]
+    )
+    assert got_rgb == pytest.approx(want_rgb, abs=1e-6)
+    # Not torchmetrics' SSIM (whole-image average with reflect padding): they differ at this size.
+    pred, target = noisy[None, None].float(), x[None, None].float()
+    tm = float(structural_similarity_index_measure(pred, target, data_range=r))
+    assert abs(tm - got) > 1e-3
+
+
+@pytest.mark.parametrize(("convention", "crop_px"), [("gaussian", 5), ("fastmri", 3)])
+def test_ssim_closed_form_on_a_constant_offset_pair(convention: str, crop_px: int) -> None:
+    """x a ramp, x_hat = x + c: equal local variances and covariance = variance, so the contrast-structure
+    term is exactly 1; a symmetric window's local mean on a ramp is the centre pixel's value. SSIM is
+    then the mean over the valid interior (the image less crop_px = half a window per side) of the
+    luminance term (2 x (x + c) + C1) / (x^2 + (x + c)^2 + C1), C1 = (0.01 R)^2."""
+    n, c, r = 32, 0.1, 1.0
+    ramp = torch.linspace(0.1, 0.8, n, dtype=torch.float64)
+    x = ramp[None, :] * 0.6 + ramp[:, None] * 0.3  # (H, W), linear in both directions
+    c1 = (0.01 * r) ** 2
+    interior = x[crop_px:-crop_px, crop_px:-crop_px]
+    want = float(((2 * interior * (interior + c) + c1) / (interior**2 + (interior + c) ** 2 + c1)).mean())
+    _, got = psnr_ssim((x + c)[None, None], x[None, None], torch.tensor([r]), convention)
+    assert got == pytest.approx(want, abs=1e-6)
+    # Constant images: the same formula with no variance at all.
+    a = 0.4
+    flat = torch.full((1, 1, 16, 16), a, dtype=torch.float64)
+    _, got_flat = psnr_ssim(flat + c, flat, torch.tensor([r]), convention)
+    assert got_flat == pytest.approx((2 * a * (a + c) + c1) / (a**2 + (a + c) ** 2 + c1), abs=1e-9)
+
+
+def test_each_task_names_a_known_ssim_convention() -> None:
+    from bench.data.tasks import TASKS
+    from bench.meters.quality import SSIM_CONVENTIONS
+
+    assert {name: spec.ssim for name, spec in TASKS.items()} == {
+        "deblur": "gaussian", "ct": "gaussian", "mri": "fastmri",
+    }  # fmt: skip
+    assert {spec.ssim for spec in TASKS.values()} <= set(SSIM_CONVENTIONS)
 
 
 def test_psnr_ssim_rejects_bad_input() -> None:
@@ -112,6 +178,10 @@ def test_psnr_ssim_rejects_bad_input() -> None:
         psnr_ssim(x[0], x[0], torch.ones(1))
     with pytest.raises(ValueError, match="positive"):
         psnr_ssim(x, x, torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        psnr_ssim(x[..., :10, :10], x[..., :10, :10], torch.ones(3))
+    with pytest.raises(KeyError, match="unknown SSIM convention 'matlab'"):
+        psnr_ssim(x, x, torch.ones(3), "matlab")
 
 
 def _stats(iters: int, residual: list[float], converged: list[bool]) -> SimpleNamespace:

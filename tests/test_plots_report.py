@@ -23,6 +23,7 @@ from matplotlib.text import Text
 from bench.analysis import compare, figures, plots, report, runtable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
+CURVES_FIXTURE = Path(__file__).parent / "fixtures" / "curves.csv"  # beside FIXTURE: K=5 LU-5/17, LUSER
 EXPECTED_FAILED = {
     ("deblur", "LU D=17", 10, "oom"),
     ("mri", "LUSER 2-layer jfb", 10, "diverged"),
@@ -53,6 +54,7 @@ def built(tmp_path_factory) -> tuple[Path, bytes]:
     """``python -m bench report DIR`` on a copy of the fixture (this also draws every figure)."""
     sweep = tmp_path_factory.mktemp("sweep")
     shutil.copy(FIXTURE, sweep / "runs.csv")
+    shutil.copy(CURVES_FIXTURE, sweep / "curves.csv")
     assert report.main(argparse.Namespace(dir=sweep, psnr_tol_db=0.5)) == 0
     return sweep, (sweep / "report.md").read_bytes()
 
@@ -314,3 +316,74 @@ def test_report_regeneration_is_byte_identical(built) -> None:
     sweep, first = built
     path = report.write_report(sweep, psnr_tol_db=0.5)
     assert path.read_bytes() == first
+
+
+def test_learning_curves_draw_one_line_per_run_on_step_and_time_axes(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE, tmp_path / "runs.csv")
+    runs = runtable.load_runs(tmp_path)
+    assert figures.draw("learning_curves", runs).startswith("no learning curves")  # no curves.csv yet
+    shutil.copy(CURVES_FIXTURE, tmp_path / "curves.csv")
+    fig = figures.draw("learning_curves", runtable.load_runs(tmp_path))
+    curves = runtable.load_curves(tmp_path)
+    drawn = curves[curves["run_id"] != "ffffffffffff"]  # the curve without a run row is left out
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in axes] == ["training step", "training wall time (s)"] * 2
+    for ax, x in zip(axes, ["step", "elapsed_s"] * 2, strict=True):
+        task = "deblur" if "deblur" in ax.get_ylabel() or ax in axes[:2] else "ct"
+        lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+        want = drawn[drawn["run_id"].str.startswith(task)]
+        assert len(lines) == want["run_id"].nunique() == 3
+        assert sorted(float(v) for line in lines for v in line.get_xdata()) == sorted(want[x].tolist())
+
+
+def test_report_training_section_lists_trained_runs_with_budget_and_stop(runs) -> None:
+    df = runs.copy()
+    assert "No trained runs" in report._training_section(df)  # the fixture has no steps_run
+    picked = df["run_id"].isin(["deblur.quality.lu-d5-k5", "ct.quality.lu-d17-k5"])
+    df.loc[picked, ["steps_run", "best_step", "val_psnr_db"]] = [1200.0, 800.0, 27.5]
+    df.loc[picked, "stopped_by"] = "plateau"
+    text = report._training_section(df)
+    table = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
+    assert len(table) == 2 and table[0].startswith("| deblur | LU D=5 | 5 |")  # task order, then config
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4:8] == ["1200 / 2000", "plateau", "800", "27.50"]
+
+
+def test_a_table_written_before_the_later_columns_reads_them_as_not_measured() -> None:
+    header = FIXTURE.read_text().splitlines()[0].split(",")
+    assert not set(runtable.LATER_COLUMNS) & set(header)  # the fixture predates them
+    df = runtable.load_runs(FIXTURE)
+    text_columns = set(runtable.STRING_COLUMNS)
+    assert all(
+        (df[c] == "").all() if c in text_columns else df[c].isna().all() for c in runtable.LATER_COLUMNS
+    )
+    assert df["tracked_peak_bytes"].notna().any()
+
+
+def test_ratio_and_selection_use_the_allocator_peak_with_the_tracked_ratio_beside(runs) -> None:
+    """Give every run an allocator peak = tracked peak + a per-model scratch constant: the ratio is then
+    the ratio of allocator peaks, the tracked ratio stays what it was, and the meter says which."""
+    scratch = {"lu": 4e6, "lu_ckpt": 4e6, "luser": 5e6, "deq": 1e6, "classical": 1e4}
+    with_alloc = runs.assign(alloc_peak_bytes=runs["tracked_peak_bytes"] + runs["model"].map(scratch))
+    before = {c.task: c for c in compare.compare_memory(runs)}["deblur"]
+    comp = {c.task: c for c in compare.compare_memory(with_alloc)}["deblur"]
+    assert before.memory_meter == compare.TRACKED_METER and comp.memory_meter == compare.ALLOC_METER
+    lu, luser = comp.lu, comp.luser
+    assert comp.ratio == pytest.approx(
+        (lu["tracked_peak_bytes"] + 4e6) / (luser["tracked_peak_bytes"] + 5e6), rel=1e-12
+    )
+    tracked = lu["tracked_peak_bytes"] / luser["tracked_peak_bytes"]
+    assert comp.tracked_ratio == pytest.approx(tracked, rel=1e-12)
+    assert comp.ratio < comp.tracked_ratio  # LUSER's larger scratch shrinks the saving
+    # The matched LUSER is the least-memory one by the allocator peak: none within the tolerance is lower.
+    same = with_alloc[
+        (with_alloc["task"] == "deblur") & (with_alloc["model"] == "luser")
+        & (with_alloc["n_iters"] == lu["n_iters"]) & (with_alloc["psnr_db"] >= lu["psnr_db"] - 0.5)
+        & (with_alloc["batch_size"] == lu["batch_size"]) & (with_alloc["image_size"] == lu["image_size"])
+        & (with_alloc["status"] == "ok")
+    ]  # fmt: skip
+    assert luser["alloc_peak_bytes"] == same["alloc_peak_bytes"].min()
+    verdict = _section(report.render_report(with_alloc, []), "## Verdict")
+    deblur_line = next(line for line in verdict.splitlines() if line.startswith("| deblur |"))
+    assert f"| {comp.ratio:.2f}x | {compare.ALLOC_METER} | {comp.tracked_ratio:.2f}x |" in deblur_line

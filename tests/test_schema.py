@@ -84,3 +84,12 @@ def test_schema_imports_nothing_heavy() -> None:
     root = Path(__file__).parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "[]"
+
+
+def test_nvml_columns_are_the_meters_and_at_the_end_of_the_row() -> None:
+    from bench.meters.nvml import nvml_columns
+
+    assert tuple(nvml_columns("cpu")) == schema.NVML_COLUMNS
+    assert schema.COLUMNS[-len(schema.NVML_COLUMNS) :] == schema.NVML_COLUMNS
+    assert _is_subsequence(schema.NVML_COLUMNS, schema.LATER_COLUMNS)  # older tables read them as empty
+

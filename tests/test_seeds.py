@@ -50,7 +50,7 @@ def test_bad_stream_or_seed_raises_naming_what_was_expected() -> None:
 
 
 def test_a_training_run_asks_for_every_stream_and_only_through_the_scheme(monkeypatch) -> None:
-    """A short MRI run (phases included) derives every stream it uses from bench.data.seeds."""
+    """A short MRI run (phases and validation included) derives every stream it uses from bench.data.seeds."""
     asked: dict[str, set[int]] = {}
     real = seeds.stream_seed
 
@@ -61,7 +61,8 @@ def test_a_training_run_asks_for_every_stream_and_only_through_the_scheme(monkey
     monkeypatch.setattr(seeds, "stream_seed", recording)
     spec = RunSpec(
         task="mri", model="lu", n_iters=1, reg_depth=2, reg_width=4, batch_size=2, image_size=16,
-        n_train=4, n_test=2, steps=2, timed_steps=0, warmup_steps=1, seed=3, device="cpu",
+        n_train=4, n_test=2, n_val=2, steps=2, val_every=1, timed_steps=0, warmup_steps=1, seed=3,
+        device="cpu",
     )  # fmt: skip
     row = run_spec(spec)
     assert row["status"] == "ok", row["error"]

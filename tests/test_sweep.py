@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.harness.curves import read_curves
 from bench.harness.launchers import (
     LaunchOptions,
     SlurmOptions,
@@ -146,7 +147,9 @@ def test_faults_give_status_rows_and_the_sweep_goes_on(
     assert by_inject["nan"]["status"] == "diverged"
     assert by_inject["oom"]["status"] == "oom" and "OutOfMemoryError" in by_inject["oom"]["error"]
     crash = by_inject["crash"]
-    assert crash["status"] == "error" and "process exited with code -9" in crash["error"]
+    assert crash["status"] == "error" and "process killed by SIGKILL (signal 9)" in crash["error"]
+    assert "out-of-memory killer" in crash["error"] and "\n" not in crash["error"]
+    assert crash["error"].endswith(f"(log: {out / 'logs' / crash['run_id']}.log)")
     assert crash["model"] == "classical" and crash["torch_version"]  # spec columns and stamp filled in
     # Re-running skips every finished run; --retry-failed runs the error row again (a new row).
     assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
@@ -245,7 +248,7 @@ def test_submitit_local_executor_writes_rows(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_preset_runs_every_task_and_model_ok(tmp_path: Path) -> None:
-    """End to end: the smoke preset (17 runs, about 15 s) gives one ok row per run with its metrics."""
+    """End to end: the smoke preset (20 runs) gives one ok row per run with its metrics and curves."""
     out = tmp_path / "smoke"
     assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), "--quiet"]) == 0
     rows = read_rows(out / "runs.csv")
@@ -254,3 +257,8 @@ def test_smoke_preset_runs_every_task_and_model_ok(tmp_path: Path) -> None:
     assert all(int(r["tracked_peak_bytes"]) > 0 and float(r["psnr_db"]) > 0 for r in rows)
     deq_rows = [r for r in rows if r["model"] in ("luser", "deq")]
     assert deq_rows and all(float(r["fwd_iters_mean"]) >= 1 for r in deq_rows)
+    feature = [r for r in rows if '"cell": "feature"' in r["model_extra"]]
+    assert sorted(r["task"] for r in feature) == ["ct", "deblur", "mri"]
+    trained = {r["run_id"] for r in rows if r["model"] != "classical"}
+    curve_ids = [c["run_id"] for c in read_curves(out / "curves.csv")]
+    assert set(curve_ids) == trained and len(curve_ids) == 3 * len(trained)  # a point every 10 of 30 steps

@@ -7,8 +7,13 @@ for one task:
 * the **best LU** is the plain-LU run with the highest PSNR;
 * the **matched LUSER** is the LUSER run with the *least* training memory among those at the same K,
   batch size and image size whose PSNR is at least ``best LU PSNR - psnr_tol_db`` (0.5 dB by default);
-* the **ratio** is ``tracked_peak_bytes(LU) / tracked_peak_bytes(LUSER)``; checkpointed LU and a full
-  DEQ are set against the same LU run.
+* the **ratio** is ``alloc_peak_bytes(LU) / alloc_peak_bytes(LUSER)``: the allocator-level peak, what a
+  machine must really hold (kernel scratch included); the same ratio of tracked peaks, the
+  device-independent figure, is given beside it (``tracked_ratio``). A table without allocator
+  peaks (written before they were measured) falls back to the tracked peak throughout, and says so
+  (``memory_meter``). Checkpointed LU and a full DEQ are set against the same LU run.
+
+"Least memory" in the selections below is by the same measure (``memory_bytes``).
 
 Without PSNR (profile-only sweeps) the ratio falls back to equal K: the deepest LU against the
 least-memory LUSER at the largest K, batch and image size both were run at; quality is then not matched.
@@ -35,7 +40,8 @@ BASIS_EQUAL_K = "equal K, no PSNR"
 BASIS_NONE = "no comparison"
 
 VERDICT_RULE = (
-    "ratio = tracked peak training memory of the best plain LU (highest PSNR) / that of the least-memory "
+    "ratio = allocator-level peak training memory (kernel scratch included; the tracked peak for tables "
+    "without it) of the best plain LU (highest PSNR) / that of the least-memory "
     "LUSER at the same K, batch size and image size whose PSNR is within {tol:g} dB of that LU (or higher). "
     "**holds**: ratio >= {claim:g} at matched PSNR. **holds partly**: 1 < ratio < {claim:g} at matched PSNR, "
     "or ratio > 1 without PSNR data (equal K, quality not matched). **does not hold**: ratio <= 1, or every "
@@ -69,9 +75,34 @@ def verdict(ratio: float | None, psnr_matched: bool | None, claimed: float = CLA
     return "holds partly"
 
 
+ALLOC_METER = "allocator peak"
+TRACKED_METER = "tracked peak"
+
+
+def _bytes(row: pd.Series | None, column: str) -> float | None:
+    if row is None or column not in row.index or pd.isna(row[column]):
+        return None
+    return float(row[column])
+
+
 def peak_bytes(row: pd.Series | None) -> float | None:
-    """The run's ``tracked_peak_bytes`` as a float; ``None`` without a run or without a value."""
-    return None if row is None or pd.isna(row["tracked_peak_bytes"]) else float(row["tracked_peak_bytes"])
+    """The memory the verdicts use: the run's ``alloc_peak_bytes``, else its ``tracked_peak_bytes``;
+    ``None`` without a run or without either."""
+    alloc = _bytes(row, "alloc_peak_bytes")
+    return alloc if alloc is not None else _bytes(row, "tracked_peak_bytes")
+
+
+def tracked_bytes(row: pd.Series | None) -> float | None:
+    """The run's ``tracked_peak_bytes`` (device-independent); ``None`` without a run or a value."""
+    return _bytes(row, "tracked_peak_bytes")
+
+
+def memory_meter(rows: Sequence[pd.Series | None]) -> str:
+    """Which meter `peak_bytes` read for these runs: the allocator peak when every one has it."""
+    present = [r for r in rows if r is not None]
+    if present and all(_bytes(r, "alloc_peak_bytes") is not None for r in present):
+        return ALLOC_METER
+    return TRACKED_METER
 
 
 @dataclass(frozen=True)
@@ -87,14 +118,25 @@ class Comparison:
     deq: pd.Series | None = None
     note: str = ""
 
-    def _ratio(self, num: pd.Series | None, den: pd.Series | None) -> float | None:
-        a, b = peak_bytes(num), peak_bytes(den)
+    def _ratio(self, num: pd.Series | None, den: pd.Series | None, tracked: bool = False) -> float | None:
+        read = tracked_bytes if tracked or memory_meter([num, den]) != ALLOC_METER else peak_bytes
+        a, b = read(num), read(den)
         return None if a is None or b is None or b <= 0 else a / b
 
     @property
+    def memory_meter(self) -> str:
+        """The meter of `ratio`: the allocator peak when LU and LUSER both have it, else the tracked one."""
+        return memory_meter([self.lu, self.luser])
+
+    @property
     def ratio(self) -> float | None:
-        """Memory of LU / memory of LUSER (tracked peaks)."""
+        """Memory of LU / memory of LUSER (allocator peaks; tracked where a run has none)."""
         return self._ratio(self.lu, self.luser)
+
+    @property
+    def tracked_ratio(self) -> float | None:
+        """The same ratio of tracked peaks (device-independent)."""
+        return self._ratio(self.lu, self.luser, tracked=True)
 
     @property
     def ratio_ckpt(self) -> float | None:
@@ -134,29 +176,31 @@ def _pick_matched(rows: pd.DataFrame, target_db: float, tol_db: float) -> pd.Ser
     scored = rows[rows["psnr_db"].notna()]
     within = scored[scored["psnr_db"] >= target_db - tol_db]
     if not within.empty:
-        return _first(within, ["tracked_peak_bytes", "psnr_db"], [True, False])
+        return _first(within, ["memory_bytes", "psnr_db"], [True, False])
     if not scored.empty:
-        return _first(scored, ["psnr_db", "tracked_peak_bytes"], [False, True])
-    return _first(rows, ["tracked_peak_bytes"], [True])
+        return _first(scored, ["psnr_db", "memory_bytes"], [False, True])
+    return _first(rows, ["memory_bytes"], [True])
 
 
 def _pick_ckpt(rows: pd.DataFrame, lu: pd.Series) -> pd.Series | None:
     same_depth = rows[rows["reg_depth"] == lu["reg_depth"]]
     return _first(
-        same_depth if not same_depth.empty else rows, ["psnr_db", "tracked_peak_bytes"], [False, True]
+        same_depth if not same_depth.empty else rows, ["psnr_db", "memory_bytes"], [False, True]
     )
 
 
 def compare_task(df: pd.DataFrame, task: str, psnr_tol_db: float = PSNR_TOL_DB) -> Comparison:
     """The LU / LUSER (and LU-ckpt, DEQ) memory comparison of ``task``; see the module docstring."""
     runs = df[(df["task"] == task) & (df["status"] == "ok") & df["tracked_peak_bytes"].notna()]
+    alloc = runs["alloc_peak_bytes"] if "alloc_peak_bytes" in runs else pd.Series(float("nan"), runs.index)
+    runs = runs.assign(memory_bytes=alloc.fillna(runs["tracked_peak_bytes"]))
     by_model = {m: runs[runs["model"] == m] for m in MODEL_ORDER}
     setting = ["n_iters", "batch_size", "image_size"]
     lu_q = by_model["lu"][by_model["lu"]["psnr_db"].notna()]
     luser_q = by_model["luser"][by_model["luser"]["psnr_db"].notna()]
     if not lu_q.empty and not luser_q.empty:
         lu = lu_q.sort_values(
-            ["psnr_db", "tracked_peak_bytes", "run_id"], ascending=[False, True, True]
+            ["psnr_db", "memory_bytes", "run_id"], ascending=[False, True, True]
         ).iloc[0]
         candidates = _same(luser_q, lu, setting)
         if candidates.empty:
@@ -188,13 +232,13 @@ def compare_task(df: pd.DataFrame, task: str, psnr_tol_db: float = PSNR_TOL_DB) 
         )
     k, b, n = max(combos)
     ref = pd.Series({"n_iters": k, "batch_size": b, "image_size": n})
-    lu = _first(_same(by_model["lu"], ref, setting), ["reg_depth", "tracked_peak_bytes"], [False, True])
-    luser = _first(_same(by_model["luser"], ref, setting), ["tracked_peak_bytes"], [True])
+    lu = _first(_same(by_model["lu"], ref, setting), ["reg_depth", "memory_bytes"], [False, True])
+    luser = _first(_same(by_model["luser"], ref, setting), ["memory_bytes"], [True])
     if lu is None or luser is None:  # cannot happen: the combination was taken from both
         return Comparison(
             task, BASIS_NONE, psnr_tol_db, note="no LU and LUSER runs at a common K and setting"
         )
-    deq = _first(_same(by_model["deq"], ref, setting[1:]), ["tracked_peak_bytes"], [True])
+    deq = _first(_same(by_model["deq"], ref, setting[1:]), ["memory_bytes"], [True])
     return Comparison(
         task,
         BASIS_EQUAL_K,

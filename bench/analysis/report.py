@@ -110,9 +110,13 @@ def _verdict_section(comparisons: list[Comparison], tol_db: float) -> str:
     for c in comparisons:
         where = MISSING if c.lu is None else f"K={fmt(c.lu['n_iters'], '.0f')}, {c.lu['setting']}"
         rows.append(
-            [c.task, f"**{c.verdict}**", c.basis, _ratio(c.ratio), _run_name(c.lu), _run_name(c.luser), where]
-        )
-    table = md_table(["task", "verdict", "basis", "LU / LUSER memory", "LU", "LUSER", "compared at"], rows)
+            [
+                c.task, f"**{c.verdict}**", c.basis, _ratio(c.ratio), c.memory_meter, _ratio(c.tracked_ratio),
+                _run_name(c.lu), _run_name(c.luser), where,
+            ]
+        )  # fmt: skip
+    headers = ["task", "verdict", "basis", "LU / LUSER memory", "meter", "tracked ratio", "LU", "LUSER"]
+    table = md_table([*headers, "compared at"], rows)
     notes = [f"- {c.task}: {c.note}." for c in comparisons if c.note]
     fallback = any(c.basis == BASIS_EQUAL_K for c in comparisons)
     text = [
@@ -134,7 +138,9 @@ def _verdict_section(comparisons: list[Comparison], tol_db: float) -> str:
 
 
 PAIR_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("memory (MiB)", "tracked_peak_mib", ",.1f"),
+    ("allocator peak (MiB)", "alloc_peak_mib", ",.1f"),
+    ("tracked peak (MiB)", "tracked_peak_mib", ",.1f"),
+    ("leaked (bytes)", "leaked_bytes", ",.0f"),
     ("PSNR (dB)", "psnr_db", ".2f"),
     ("SSIM", "ssim", ".3f"),
     ("step (ms)", "step_ms_median", ".1f"),
@@ -191,9 +197,13 @@ def _check_tables(comparisons: list[Comparison]) -> str:
         [
             f"## The {CLAIMED_RATIO:g}x check per task",
             "",
-            "Memory is the tracked peak of one warm training step (live tensors during forward, loss, "
-            "backward and optimiser step; device-independent); the CUDA ratio uses `max_memory_allocated` "
-            "where measured. PSNR and SSIM are on the held-out test set; step time is the median of the "
+            "Ratios use the allocator-level peak of one warm training step (what the allocator handed "
+            "out above what was live before it, kernel scratch included: CUDA `max_memory_allocated`, on "
+            "CPU the profiler's allocator records) where the table has it, else the tracked peak (live "
+            "tensors during forward, loss, backward and optimiser step; device-independent), shown beside "
+            "it; the CUDA ratio uses `max_memory_allocated` where measured. Leaked bytes are what "
+            "consecutive warm steps leave alive after the last one (0 for a step that cleans up). "
+            "PSNR and SSIM are on the held-out test set; step time is the median of the "
             "timed steps.",
             "",
             "### Plain LU against LUSER",
@@ -232,6 +242,36 @@ def _figures_section(figures: Sequence[FigureResult]) -> str:
             f"{fig.caption} ([SVG](figures/{fig.name}.svg))",
         ]
     return "\n".join(text)
+
+
+def _training_section(df: pd.DataFrame) -> str:
+    """One row per trained run: budget and stop, validation and test PSNR, training time, solver."""
+    trained = df[(df["status"] == "ok") & df["steps_run"].notna() & (df["steps_run"] > 0)]
+    if trained.empty:
+        return "## Training\n\nNo trained runs in this table."
+    trained = trained.assign(_t=trained["task"].map({t: i for i, t in enumerate(ordered_tasks(df["task"]))}))
+    rows = [
+        [r["task"], r["config"], fmt(r["n_iters"], ".0f"), r["setting"],
+         f"{fmt(r['steps_run'], '.0f')} / {fmt(r['steps'], '.0f')}", r["stopped_by"] or MISSING,
+         fmt(r["best_step"], ".0f"), fmt(r["val_psnr_db"], ".2f"), fmt(r["psnr_db"], ".2f"),
+         fmt(r["train_s"], ".1f"), fmt(r["fwd_iters_mean"], ".1f"), fmt(r["final_residual_max"], ".1e"),
+         fmt(r["converged_frac"], ".2f")]
+        for r in trained.sort_values(["_t", "config", "n_iters"]).to_dict("records")
+    ]  # fmt: skip
+    headers = ["task", "configuration", "K", "setting", "steps run / budget", "stopped by", "best step",
+               "val PSNR (dB)", "test PSNR (dB)", "train (s)", "fwd iters", "max residual",
+               "converged"]  # fmt: skip
+    return "\n".join([
+        "## Training",
+        "",
+        "Validation PSNR is measured on the validation split (disjoint from the test set) of the weights "
+        "that were scored on the test set (the best validation in plateau mode, else the final weights). "
+        "Training time includes the validations. Solver iterations, the largest final relative residual "
+        "and the fraction of converged solves are those of the test evaluation (after training): a "
+        "fraction below 1 means the trained cell did not reach its tolerance within max_iter there.",
+        "",
+        md_table(headers, rows),
+    ])  # fmt: skip
 
 
 def failed_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -302,12 +342,14 @@ def _caveats_section(df: pd.DataFrame, tol_db: float) -> str:
         f"{_values(df['image_size'])}; batch sizes: {_values(df['batch_size'])}.",
         f"**Training budget.** Trained (quality) runs used these numbers of steps: {budgets or 'none'}. "
         "PSNR after a short budget is not converged quality, and LU and LUSER may converge at different "
-        "speeds. Runs with `steps` = 0 (profile) measure memory and time only.",
+        "speeds; the Training section says which runs stopped on a validation plateau and which used "
+        "their whole budget. Runs with `steps` = 0 (profile) measure memory and time only.",
         f"**Seeds.** Seeds used: {_values(df['seed'])}. With one seed per configuration there are no "
         f"error bars on PSNR; differences smaller than the {tol_db:g} dB matching tolerance should not be "
         "over-read.",
-        f"**Hardware.** Devices: {devices}. Ratios use the tracked peak, which does not depend on the "
-        "device; the CUDA peak adds allocator and cuDNN workspace (a constant of several MiB). Step "
+        f"**Hardware.** Devices: {devices}. Ratios use the allocator-level peak, which includes kernel "
+        "scratch and so depends on the device, the kernels and the thread count; the tracked peak beside "
+        "it does not depend on the device (the two differ by a per-model constant, not by a slope). Step "
         "times depend on the device and, on shared CPUs, on the load: compare them only within one "
         "device.",
         "**Memory scope.** The tracked peak counts tensors created during the step; parameters, "
@@ -330,6 +372,7 @@ def render_report(df: pd.DataFrame, figures: Sequence[FigureResult], psnr_tol_db
         _summary(df),
         _verdict_section(comparisons, psnr_tol_db),
         _check_tables(comparisons),
+        _training_section(df),
         _figures_section(figures),
         _failed_section(df),
         _environment_section(df),

@@ -15,15 +15,19 @@ from typing import Any
 
 import pandas as pd
 
+from bench.harness.curves import CURVES_FILE
+from bench.harness.results import read_rows, read_table
 from bench.schema import COLUMNS as RUN_COLUMNS
+from bench.schema import CURVE_COLUMNS, STRING_COLUMNS, TASK_ORDER
+from bench.schema import LATER_COLUMNS as LATER_COLUMNS  # re-exported for readers of the table
 from bench.schema import MODEL_ORDER as MODEL_ORDER  # re-exported for the figures
-from bench.schema import STRING_COLUMNS, TASK_ORDER
 
 # --------------------------------------------------------------------------------------------------
 # The run row (ARCHITECTURE.md, "The run row", names in bench.schema): RUN_COLUMNS in this order;
 # extra columns may follow.
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c not in STRING_COLUMNS)
 BYTE_COLUMNS: tuple[str, ...] = tuple(c for c in RUN_COLUMNS if c.endswith("_bytes"))
+
 
 MIB = 2**20
 
@@ -39,10 +43,22 @@ def int_text(value: object) -> str:
     return "?" if math.isnan(number) else f"{number:g}"
 
 
+def model_extra(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model_extra`` JSON column as a dict (empty when blank)."""
+    extra = str(row.get("model_extra", "") or "").strip()
+    return dict(json.loads(extra)) if extra.startswith("{") else {}
+
+
+def _luser_label(row: Mapping[str, Any]) -> str:
+    """``"LUSER 2-layer ift"`` (image cell) or ``"LUSER feature 2-layer ift"``."""
+    cell = model_extra(row).get("cell", "image")
+    kind = "" if cell == "image" else f"{cell} "
+    return f"LUSER {kind}{int_text(row['reg_depth'])}-layer {row['backward'] or '?'}"
+
+
 def _classical_method(row: Mapping[str, Any]) -> str:
     """The classical method's name: ``method`` in the ``model_extra`` JSON column, else ``solver``."""
-    extra = str(row.get("model_extra", "") or "").strip()
-    method = json.loads(extra).get("method", "") if extra.startswith("{") else ""
+    method = model_extra(row).get("method", "")
     method = str(method or row.get("solver", "") or "").strip()
     return method.replace("_", "-")
 
@@ -50,7 +66,7 @@ def _classical_method(row: Mapping[str, Any]) -> str:
 CONFIG_LABELS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "lu": lambda r: f"LU D={int_text(r['reg_depth'])}",
     "lu_ckpt": lambda r: f"LU-ckpt D={int_text(r['reg_depth'])}",
-    "luser": lambda r: f"LUSER {int_text(r['reg_depth'])}-layer {r['backward'] or '?'}",
+    "luser": _luser_label,
     "deq": lambda r: f"DEQ D={int_text(r['reg_depth'])}" + (f" {r['backward']}" if r["backward"] else ""),
     "classical": lambda r: f"classical {_classical_method(r)}".strip(),
 }
@@ -72,7 +88,10 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     Adds ``config`` (see :func:`config_label`), ``setting`` (``"B=8, 128×128"``) and, for every
     ``*_bytes`` column, a ``*_mib`` column (bytes / 2**20). ``attrs["rows_read"]`` is the raw row count.
 
-    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table or missing columns.
+    The rows are read by `bench.harness.results.read_rows`, the reader the sweep resumes from: a torn
+    last line is dropped with a warning and extra trailing columns are kept.
+    Raises ``FileNotFoundError`` without a CSV, ``ValueError`` for an empty table, missing columns or
+    bytes that are not UTF-8 (naming the file and line).
     """
     path = Path(dir_or_csv)
     csv_path = path / "runs.csv" if path.is_dir() else path
@@ -80,19 +99,11 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"no run table at {csv_path}: expected DIR/runs.csv or the path of a CSV file"
         )
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
+    if csv_path.stat().st_size == 0:
         raise ValueError(
             f"{csv_path} is empty: expected a header with the run-row columns (ARCHITECTURE.md) and rows"
-        ) from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    missing = [c for c in RUN_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ValueError(
-            f"{csv_path} lacks required column(s): {', '.join(missing)}; the run row (ARCHITECTURE.md) has "
-            f"{len(RUN_COLUMNS)} columns: {', '.join(RUN_COLUMNS)}"
         )
+    raw = pd.DataFrame(read_rows(csv_path))  # the harness's reader: torn last line dropped, extras kept
     if raw.empty:
         raise ValueError(f"{csv_path} has a header but no runs")
     df = raw.drop_duplicates("run_id", keep="last").reset_index(drop=True)
@@ -109,6 +120,20 @@ def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
     df["setting"] = [setting_label(r["batch_size"], r["image_size"]) for r in records]
     df.attrs["rows_read"] = len(raw)
     df.attrs["source"] = str(csv_path)
+    return df
+
+
+def load_curves(dir_or_csv: str | Path) -> pd.DataFrame:
+    """The learning curves beside a run table (``DIR/curves.csv``), numeric columns as numbers; an
+    empty table (with the columns) when the file is absent. Raises ``ValueError`` for a wrong header."""
+    path = Path(dir_or_csv)
+    folder = path if path.is_dir() else path.parent
+    curve_path = folder / CURVES_FILE
+    if not curve_path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in CURVE_COLUMNS})
+    df = pd.DataFrame(read_table(curve_path, CURVE_COLUMNS), columns=list(CURVE_COLUMNS))  # the one reader
+    for col in CURVE_COLUMNS[1:]:
+        df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
     return df
 
 

@@ -2,9 +2,12 @@
 
 `pytest bench/ --benchmark-save=NAME` times one training step (forward, loss, backward, Adam step;
 synchronised on CUDA) per configuration, grouped by task, and stores in ``extra_info`` what the memory
-gate and the plots need: tracked peak bytes, saved-for-backward bytes, CUDA peak bytes (on GPU),
-solver iterations and the parameter count. Small sizes on CPU (32x32, batch 2, width 8); paper sizes
-when CUDA is present (128x128, batch 8, width 64, LU depth 17). Every configuration is built by the
+gate and the plots need: tracked peak bytes, allocator-level peak bytes (and their difference, the
+offset of kernel scratch the tracker cannot see, printed per configuration: it differs by model, so it
+is reported, never assumed), steady peak and leaked bytes over consecutive warm steps,
+saved-for-backward bytes, CUDA peak bytes (on GPU), solver iterations and the parameter count. Small
+sizes on CPU (32x32, batch 2, width 8); paper sizes when CUDA is present (128x128, batch 8, width 64,
+LU depth 17). Every configuration is built by the
 same `bench.harness.run.prepare` that sweeps use, so the numbers match a sweep's columns.
 """
 
@@ -72,12 +75,19 @@ def test_training_step(benchmark, task: str, model: str, keys: dict) -> None:
 
     benchmark.pedantic(step, rounds=5 if ON_GPU else 3, warmup_rounds=1, iterations=1)
     solver = solver_summary(run.last_stats())
+    offset = None if memory.alloc_peak_bytes is None else memory.alloc_peak_bytes - memory.tracked_peak_bytes
+    print(f"\n{task} {model} {keys}: allocator peak - tracked peak = {offset} bytes")
     benchmark.extra_info.update(
         task=task,
         model=model,
         **{k: v for k, v in keys.items() if k in ("n_iters", "reg_depth", "backward")},
         params=run.params,
         tracked_peak_bytes=memory.tracked_peak_bytes,
+        alloc_peak_bytes=memory.alloc_peak_bytes,
+        alloc_offset_bytes=offset,
+        steady_peak_bytes=memory.steady_peak_bytes,
+        leaked_bytes=memory.leaked_bytes,
+        steady_steps=memory.steady_steps,
         saved_bytes=memory.saved_bytes,
         cuda_peak_bytes=memory.cuda_peak_bytes,
         fwd_iters_mean=solver["fwd_iters_mean"],

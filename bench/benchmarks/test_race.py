@@ -21,7 +21,11 @@ Iteration counts are fixed so that stopping rules cannot skew the race: every so
 stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 
 Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
-tracked peak bytes of one warm step (``bench.meters.memory.LiveStorageTracker``) and the operators one warm
+tracked peak bytes of one warm step (``bench.meters.memory.LiveStorageTracker``), the allocator-level
+peak of another (``alloc_step_peak``: kernel scratch included), the steady peak and the leaked bytes
+over three more consecutive warm steps (``steady_memory``, cyclic collector paused: a graph a peer
+keeps alive between steps through a reference cycle shows up here, not in a one-step peak) and the
+operators one warm
 step dispatches (counted below autograd with a ``TorchDispatchMode``, views excluded; their total is a
 device-independent proxy for kernel launches, the overhead that dominates small problems on a GPU). A
 fourth, ``bare`` contender (``_BareIFT``) does the cell work every contender must do and nothing else;
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -50,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.data.tasks import build_task
-from bench.meters.memory import LiveStorageTracker
+from bench.meters.memory import LiveStorageTracker, alloc_step_peak, steady_memory
 from models import build_model
 from models.luser import LUSER
 from operators.base import LinearOperator
@@ -221,8 +226,24 @@ def _train_step(c: Contender, x: Tensor, y: Tensor, device: torch.device) -> Ten
     loss = F.mse_loss(x_hat, x)
     loss.backward()
     c.optimizer.step()
+    c.optimizer.zero_grad(set_to_none=True)  # the gradients do not outlive the step
     _sync(device)
     return loss.detach()
+
+
+def _memory(name: str, step: Callable[[], object], device: torch.device) -> dict[str, int]:
+    """``{alloc_peak_bytes_NAME, steady_peak_bytes_NAME, leaked_bytes_NAME}`` of warm steps of ``step``
+    (each meter on steps of its own, after the tracked one); garbage a peer left to the cyclic collector
+    is collected afterwards, so it does not land in the next measurement."""
+    alloc = alloc_step_peak(step, device)
+    steady = steady_memory(step)
+    gc.collect()
+    return {
+        f"alloc_peak_bytes_{name}": alloc,
+        f"steady_peak_bytes_{name}": steady.steady_peak_bytes,
+        f"leaked_bytes_{name}": steady.leaked_bytes,
+        "steady_steps": steady.n_steps,
+    }
 
 
 def _peak_bytes(fn: Callable[[], object]) -> int:
@@ -353,9 +374,12 @@ def test_race_ours(benchmark):
         iters = [(s.forward.iters, s.backward.iters if s.backward else None) for s in stats]
         assert iters == [(n, n)] * size.n_iters, iters
 
+    memory = _memory("ours", step, device)
+    assert memory["leaked_bytes_ours"] == 0  # ours keeps nothing alive between steps
     benchmark.pedantic(step, rounds=size.rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(
         {"impl": "ours", "peak_bytes": peak, "meter": METER, "threads": torch.get_num_threads()}
+        | memory
         | size.__dict__
     )
 
@@ -385,6 +409,8 @@ def test_race(benchmark, peer: str):
     step_theirs = lambda: _train_step(theirs, x, y, device)  # noqa: E731
     step_ours(), step_theirs()  # warm: Adam's state exists before the measured steps
     peak_ours, peak_theirs = _peak_bytes(step_ours), _peak_bytes(step_theirs)
+    memory = _memory("ours", step_ours, device) | _memory(peer, step_theirs, device)
+    assert memory["leaked_bytes_ours"] == 0
     ops_ours, ops_theirs = _dispatched_ops(step_ours), _dispatched_ops(step_theirs)
     bare = make("bare")
     step_bare = lambda: _train_step(bare, x, y, device)  # noqa: E731
@@ -410,6 +436,7 @@ def test_race(benchmark, peer: str):
             f"peak_bytes_{peer}": peak_theirs,
             "time_ratio_ours_over_peer": time_ratio,
             "peak_ratio_ours_over_peer": peak_ratio,
+            **memory,
             "ops_ours": ops_ours["ops"],
             f"ops_{peer}": ops_theirs["ops"],
             "ops_ratio_ours_over_peer": ops_ours["ops"] / ops_theirs["ops"],

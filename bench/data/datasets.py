@@ -4,7 +4,7 @@ Every loader returns a float32 tensor ``(n, C, size, size)`` with values in [0, 
 choice comes from an explicit seed or ``torch.Generator`` (the global RNGs are never touched).
 
 - ``natural_crops``: seeded crops of the natural images that scikit-image's wheel ships, split by
-  *source image* (no test crop comes from a training image).
+  *source image* into train, val and test (no validation or test crop comes from a training image).
 - ``ellipse_phantoms``: random-ellipse phantoms, the Learned Primal-Dual / dival recipe (CT).
 - ``shepp_logan``: the modified Shepp-Logan phantom (tests, figures).
 - ``mni_slices``: axial slices of the MNI ICBM152 2009 T1 template (real brain anatomy, MRI), stored in
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 def _check_split(split: str) -> None:
@@ -85,13 +85,13 @@ NATURAL_SOURCES: dict[str, bool] = {
     "text": False,
 }
 
-# The split is by source image: the two lists are disjoint. Colour (channels=3) uses only the colour
+# The split is by source image: the three lists are disjoint. Colour (channels=3) uses only the colour
 # sources of each list; grey (channels=1) uses all of them, colour ones converted to grey.
 NATURAL_SPLITS: dict[str, tuple[str, ...]] = {
     "train": (
-        "astronaut", "coffee", "rocket", "hubble_deep_field", "retina", "stereo_motorcycle",
-        "camera", "brick", "grass", "moon", "page", "coins", "cell",
+        "astronaut", "rocket", "hubble_deep_field", "retina", "camera", "grass", "moon", "page", "cell",
     ),
+    "val": ("coffee", "stereo_motorcycle", "brick", "coins"),
     "test": ("chelsea", "immunohistochemistry", "gravel", "clock", "text"),
 }  # fmt: skip
 
@@ -233,6 +233,8 @@ def shepp_logan(size: int) -> Tensor:
 MNI_FILE = "mni_t1_slices.npz"
 MNI_TEST_EVERY = 5  # every 5th stored slice (positions 2, 7, 12, ...) is a test slice
 MNI_TEST_OFFSET = 2
+MNI_VAL_EVERY = 10  # every 10th stored slice (positions 4, 14, 24, ...) is a validation slice
+MNI_VAL_OFFSET = 4
 
 
 @lru_cache(maxsize=1)
@@ -243,21 +245,25 @@ def _mni_file() -> tuple[np.ndarray, np.ndarray]:
 
 
 def mni_split_positions(split: str) -> np.ndarray:
-    """Positions (into the stored slices) of ``split``: test is every 5th slice, train the rest."""
+    """Positions (into the stored slices) of ``split``: test is every 5th slice (from the third),
+    validation every 10th (from the fifth, never a test slice), train the rest."""
     _check_split(split)
-    n_stored = len(_mni_file()[1])
-    is_test = np.arange(n_stored) % MNI_TEST_EVERY == MNI_TEST_OFFSET
-    return np.flatnonzero(is_test if split == "test" else ~is_test)
+    positions = np.arange(len(_mni_file()[1]))
+    is_test = positions % MNI_TEST_EVERY == MNI_TEST_OFFSET
+    is_val = positions % MNI_VAL_EVERY == MNI_VAL_OFFSET
+    chosen = {"test": is_test, "val": is_val, "train": ~(is_test | is_val)}[split]
+    return np.flatnonzero(chosen)
 
 
 def mni_slices(split: str, size: int = 128) -> Tensor:
     """Axial slices of the MNI ICBM152 2009 T1 template: ``(n, 1, size, size)`` float32 in [0, 1].
 
     60 slices, 2 mm apart, through the skull-stripped brain (see ``bench/data/make_mni_slices.py``);
-    the split is by slice index: every 5th slice is a test slice (12), the other 48 train. The split
-    is disjoint but not independent: the template is one (average) brain, and each test slice lies
-    2 mm from a training slice, so neighbouring slices are strongly correlated. Read test numbers as
-    "unseen slices of a seen anatomy", not "unseen subjects". Resized to ``size`` when not 128.
+    the split is by slice index: every 5th slice is a test slice (12), every 10th (offset 4) a
+    validation slice (6), the other 42 train. The split is disjoint but not independent: the
+    template is one (average) brain, and each test or validation slice lies 2 mm from a training
+    slice, so neighbouring slices are strongly correlated. Read test numbers as "unseen slices of a
+    seen anatomy", not "unseen subjects". Resized to ``size`` when not 128.
     Values are the template's uint8 intensities / 255 (no per-slice normalisation).
     """
     _check_positive(size=size)

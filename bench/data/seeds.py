@@ -46,6 +46,9 @@ STREAMS: dict[str, Stream] = {
     "measure_noise": Stream(6, True, "the noise of the fixed batch memory and time are measured on"),
     "test_noise": Stream(7, False, "the noise of the fixed test measurements"),
     "model_init": Stream(8, True, "the model's initial parameters (torch's global RNG, forked)"),
+    "val_images": Stream(9, True, "which validation images (crops, phantoms)"),
+    "val_phase": Stream(10, True, "the smooth phase of the MRI validation images"),
+    "val_noise": Stream(11, True, "the noise of the validation measurements"),
 }
 
 

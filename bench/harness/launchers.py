@@ -1,18 +1,21 @@
 """Launchers: every run in its own fresh process, one shared run function, three ways to schedule.
 
 `run_in_fresh_process(spec_json, csv_path, ...)` is the one run function. It starts a new process for
-the run, waits for it, reads the row the child wrote to `DIR/rows/<run_id>.json`, and appends it to
-`runs.csv` under the file lock (bench/harness/results.py). The process is new for every run (its own CUDA
-context and statistics, its own RSS; a crash cannot take the sweep down). Two ways to start it
-(`STARTERS`): "forkserver" (default) forks it from a multiprocessing fork server that imported
-torch, torchmetrics and the bench modules once (`PRELOAD`; importing does not initialise CUDA), so a
-run starts in well under a second instead of the ~5 s an interpreter needs for those imports;
-"subprocess" runs `python -m bench _run-one --spec-json ... --row-out ...` instead. (As with any
-multiprocessing fork server, a script that calls the launchers must guard its entry point with
-`if __name__ == "__main__":`; `python -m bench` does.)
-If the child dies without a row (SIGKILL, segfault, os._exit) the row is `status=error, "process
-exited with code -9"` plus the tail of its log; with `run_timeout_s` the child is killed after that
-many seconds and the row is `status=timeout`. The child's stdout/stderr go to `DIR/logs/<run_id>.log`.
+the run (bench/harness/children.py: forked from a preloaded fork server, or `--start subprocess`; its
+own process group, killed with its parent), waits for it, reads the row the child wrote to
+`DIR/rows/<run_id>.json`, and appends it to `runs.csv` under the file lock (bench/harness/results.py).
+The process is new for every run (its own CUDA context and statistics, its own RSS; a crash cannot
+take the sweep down). (As with any multiprocessing fork server, a script that calls the launchers
+must guard its entry point with `if __name__ == "__main__":`; `python -m bench` does.)
+If the child dies without a row (SIGKILL, segfault, os._exit) the row is `status=error` with one
+line: how it ended (a signal by name; SIGKILL is also what the out-of-memory killer sends), its last
+log line and the log's path; with `run_timeout_s` the child is killed after that many seconds and
+the row is `status=timeout`. The child's stdout/stderr go to `DIR/logs/<run_id>.log`.
+
+What is not a run's result stops the sweep instead of becoming a row: a row that cannot be written
+(`WriteError`, by the child or by the sweep), a dead fork server (`ForkServerDied`), and SIGTERM or
+SIGINT (`SweepInterrupted`: no run starts after the signal, the runs in progress are killed with
+their process groups and get no row, so a resume runs them again).
 
 Launchers (`LAUNCHERS`):
 - `sequential` (alias `local`, the issue's name): one run after another;
@@ -30,9 +33,9 @@ the budget), so a long sweep can be done in resumable chunks.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -41,11 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness.results import append_row
+from bench.harness.children import (
+    ROW_WRITE_FAILED,
+    STARTERS,
+    ForkServerDied,
+    RunGuard,
+    curve_path_of,
+    death_text,
+)
+from bench.harness.curves import CURVES_FILE, write_curve
+from bench.harness.results import WriteError, append_row
 from bench.harness.specs import RunSpec, spec_columns, spec_from_json, spec_to_json
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-_LOG_TAIL_CHARS = 800
+_LOG_TAIL_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -74,106 +85,25 @@ def failure_row(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
     return row
 
 
-def _log_tail(path: Path) -> str:
+def _last_log_line(path: Path) -> str:
+    """The log's last non-empty line, shortened (the whole log stays in the file)."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
-    return " ".join(text[-_LOG_TAIL_CHARS:].split())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= _LOG_TAIL_CHARS else last[: _LOG_TAIL_CHARS - 3] + "..."
 
 
-#: Modules the fork server imports once, so that each run's process starts in a fraction of a second
-#: instead of re-importing torch, torch._dynamo (pulled in by the memory tracker's dispatch mode) and
-#: torchmetrics (about 5 s on a small CPU). Importing them does not initialise CUDA.
-PRELOAD: tuple[str, ...] = (
-    "torch",
-    "torch._dynamo",
-    "torchmetrics",
-    "models",
-    "bench.harness.run",
-    "bench.meters.memory",
-    "bench.meters.quality",
-    "bench.data.tasks",
-    "bench.meters.timing",
-    "bench.meters.environment",
-)
-
-
-def _child_main(
-    spec_json: str, row_path: str, log_path: str, memory_budget_bytes: int | None, env: dict[str, str]
-) -> None:
-    """Body of a forked run process: log to log_path, apply env, run, write the row JSON atomically."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
-    from bench.harness.run import run_spec
-
-    row = run_spec(spec_from_json(spec_json), memory_budget_bytes=memory_budget_bytes)
-    tmp = Path(row_path + ".tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, row_path)  # the parent sees a whole row or none
-
-
-class _Child:
-    """A started run process: wait(timeout) -> exit code (negative: killed by that signal), kill()."""
-
-    def __init__(self, wait: Callable[[float | None], int | None], kill: Callable[[], None]) -> None:
-        self.wait, self.kill = wait, kill
-
-
-def _start_forkserver(
-    spec_json: str, row_path: Path, log_path: Path, memory_budget_bytes: int | None, env: Mapping[str, str]
-) -> _Child:
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
-    proc = ctx.Process(
-        target=_child_main,
-        args=(spec_json, str(row_path), str(log_path), memory_budget_bytes, dict(env)),
-        name="bench-run",
-    )
-    proc.start()
-
-    def wait(timeout: float | None) -> int | None:
-        proc.join(timeout)
-        return proc.exitcode
-
-    return _Child(wait, proc.kill)
-
-
-def _start_subprocess(
-    spec_json: str, row_path: Path, log_path: Path, memory_budget_bytes: int | None, env: Mapping[str, str]
-) -> _Child:
-    cmd = [sys.executable, "-m", "bench", "_run-one", "--spec-json", spec_json, "--row-out", str(row_path)]
-    if memory_budget_bytes is not None:
-        cmd += ["--memory-budget", str(memory_budget_bytes)]
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH")) if p)
-    child_env.update(env)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=_REPO_ROOT)
-
-    def wait(timeout: float | None) -> int | None:
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    return _Child(wait, proc.kill)
-
-
-#: How a run's fresh process is started: "forkserver" (default: forked from a server that has the
-#: heavy modules imported, well under a second) or "subprocess" (`python -m bench _run-one`, a new
-#: interpreter, several seconds of imports). Both give a new process with its own CUDA context.
-STARTERS: dict[str, Callable[..., _Child]] = {
-    "forkserver": _start_forkserver,
-    "subprocess": _start_subprocess,
-}
+def one_line(message: str, log_path: Path) -> str:
+    """A run's error as one readable line (its first line, shortened) plus where the log is."""
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "")
+    if len(first) > _LOG_TAIL_CHARS:
+        first = first[: _LOG_TAIL_CHARS - 3] + "..."
+    return f"{first} (log: {log_path})"
 
 
 def run_in_fresh_process(
@@ -184,8 +114,13 @@ def run_in_fresh_process(
     run_timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
     start: str = "forkserver",
-) -> dict[str, Any]:
+    guard: RunGuard | None = None,
+) -> dict[str, Any] | None:
     """Run one spec in a fresh process, append its row to csv_path, and return the row.
+
+    With a `guard` (the sweep's), a run ended by the sweep's SIGTERM/SIGINT writes no row and
+    returns None. Raises ForkServerDied when the fork server died under the run, WriteError when the
+    run's process or this one could not write the row.
 
     spec_json is `bench.harness.specs.spec_to_json(spec)` (a string, so submitit pickles it cheaply).
     env entries are set in the child's environment (e.g. CUDA_VISIBLE_DEVICES). start: a key of
@@ -201,20 +136,52 @@ def run_in_fresh_process(
     row_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     row_path.unlink(missing_ok=True)
+    curve_path_of(row_path).unlink(missing_ok=True)
 
     child = STARTERS[start](spec_json, row_path, log_path, memory_budget_bytes, dict(env or {}))
-    code = child.wait(run_timeout_s)
-    timed_out = code is None
-    if timed_out:
+    if guard is not None and not guard.admit(run_id, child):
+        child.wait(None)
+        return None
+    try:
+        code = child.wait(run_timeout_s)
+        timed_out = code is None
+        if timed_out:
+            child.kill()
+            code = child.wait(None)
+    finally:
+        if guard is not None:
+            guard.release(run_id)
+    if guard is not None and guard.was_stopped(run_id):
+        return None  # ended by the sweep's signal: no row, a resume runs it again
+    if code == 255 and child.lost():
         child.kill()
-        code = child.wait(None)
+        raise ForkServerDied(
+            f"the fork server that starts the runs died during run {run_id}; the sweep stops"
+            " (nothing was written for that run, a resume re-runs it)"
+        )
+    if code == ROW_WRITE_FAILED and not row_path.exists():
+        raise WriteError(
+            errno.EIO, f"run {run_id}: its process could not write its row: {_last_log_line(log_path)}"
+        )
 
+    curve: list[dict[str, Any]] = []
     if timed_out:
         row = failure_row(spec, "timeout", f"run exceeded --run-timeout {run_timeout_s:g} s and was killed")
     elif code == 0 and row_path.exists():
         row = json.loads(row_path.read_text())
+        curve = json.loads(curve_path_of(row_path).read_text())
+        if row.get("status") == "error":
+            row["error"] = one_line(row.get("error", ""), log_path)
     else:
-        row = failure_row(spec, "error", f"process exited with code {code}; log tail: {_log_tail(log_path)}")
+        last = _last_log_line(log_path)
+        row = failure_row(
+            spec,
+            "error",
+            death_text(code or 0)
+            + (f"; last log line: {last}" if last else "")
+            + f" (log: {log_path})",
+        )
+    write_curve(out_dir / CURVES_FILE, run_id, curve)  # before the row: a row means a whole curve
     append_row(csv_path, row)
     return row
 
@@ -253,6 +220,7 @@ def _run_with_slots(
     from tqdm import tqdm
 
     budget = _Budget(opts.max_runs, opts.time_budget_s)
+    guard = RunGuard()
     lock = threading.Lock()
     pending = iter(specs)
     rows: list[dict[str, Any]] = []
@@ -262,7 +230,8 @@ def _run_with_slots(
     def worker(env: Mapping[str, str]) -> None:
         while True:
             with lock:
-                spec = next(pending, None) if budget.may_start() else None
+                ok = guard.may_start() and not errors and budget.may_start()
+                spec = next(pending, None) if ok else None
                 if spec is None:
                     return
                 budget.started += 1
@@ -275,10 +244,14 @@ def _run_with_slots(
                     run_timeout_s=opts.run_timeout_s,
                     env=env,
                     start=opts.start,
+                    guard=guard,
                 )
-            except BaseException as err:  # harness failure (disk full, ...): stop this worker, report
+            except BaseException as err:  # harness failure (disk full, fork server died): stop, report
                 with lock:
                     errors.append(err)
+                guard.stop(0)  # end the other workers' runs: their rows could not be trusted either
+                return
+            if row is None:  # stopped by a signal
                 return
             with lock:
                 budget.durations_s.append(time.monotonic() - t0)
@@ -286,14 +259,16 @@ def _run_with_slots(
                 bar.set_postfix_str(f"{row['model']} {row['status']}")
                 bar.update(1)
 
-    threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in slots]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with guard.installed():
+        threads = [threading.Thread(target=worker, args=(env,), daemon=True) for env in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     bar.close()
     if errors:
         raise errors[0]
+    guard.raise_if_stopped()
     return rows
 
 
@@ -395,6 +370,7 @@ def run_in_fresh_process_job(
     row = run_in_fresh_process(
         spec_json, csv_path, memory_budget_bytes=memory_budget_bytes, run_timeout_s=run_timeout_s, start=start
     )
+    assert row is not None  # None only with a guard
     return str(row["status"])
 
 

@@ -1,16 +1,23 @@
-"""The results CSV (`DIR/runs.csv`): the columns of `bench.schema.COLUMNS` in order, atomic appends,
-resumable reads.
+"""The results CSVs (`DIR/runs.csv`, the columns of `bench.schema.COLUMNS` in order, and any table
+written the same way): checked atomic appends, one reader.
 
-Writing: `append_row` takes an exclusive `fcntl.flock` on `runs.csv.lock`, repairs a torn last line
-(a line cut by a crash: the file does not end with a newline, so it is truncated back to its last
-newline; complete rows are never touched), writes the header if the file is empty, then writes the
-row as one line, flushes and fsyncs. Concurrent workers (a local pool, SLURM array jobs on a shared
-file system with working flock) therefore never interleave. Every value is written on one physical
-line (newlines in messages become " | ").
+Writing: `append_row` (and `append_record` for any column list) takes an exclusive `fcntl.flock` on
+`<file>.lock`, repairs a torn last line (a line cut by a crash: the file does not end with a newline,
+so it is truncated back to its last newline; complete rows are never touched), writes the header if
+the file is empty, then writes the row as one line and fsyncs. Every write is checked: a short write
+is continued until the whole line is down, and a write that fails (a full disk, an I/O error) raises
+`WriteError` naming the file and the cause after truncating the file back to its size before the
+append, so the rows already there stay whole. Concurrent workers (a local pool, SLURM array jobs on a
+shared file system with working flock) therefore never interleave. Every value is written on one
+physical line (newlines in messages become " | "). A table whose header has extra columns after the
+schema's (allowed: "extra columns may follow") gets rows padded with empty cells to its width.
 
-Reading: `read_rows` ignores a torn last line and rows with the wrong number of fields. Several rows
-may share a run_id (a retried failure appends a new row): readers take the last row per run_id
-(`latest_rows`).
+Reading: `read_table` is the one reader of these files, for every consumer (sweeps resuming, plots,
+reports): the bytes must be UTF-8 (else ValueError naming the file, line and byte), the header must
+hold the schema's columns, a torn last line is dropped with a `TornLineWarning`, rows may carry the
+extra trailing columns the header names (or omit them), and a malformed row is dropped with a
+warning naming its line. `read_rows` is `read_table` for `runs.csv`. Several rows may share a run_id
+(a retried failure appends a new row): readers take the last row per run_id (`latest_rows`).
 
 Resuming: a sweep skips every run_id already present, whatever its status. With `retry_failed`,
 run_ids whose latest row is `error` or `timeout` are run again (their new row is appended); `ok`,
@@ -20,15 +27,25 @@ run_ids whose latest row is `error` or `timeout` are run again (their new row is
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import os
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.schema import COLUMNS, RETRYABLE, STATUSES
+from bench.schema import COLUMNS, LATER_COLUMNS, RETRYABLE, STATUSES
+
+
+class WriteError(OSError):
+    """A results file could not be written (full disk, I/O error); the message names the file and cause."""
+
+
+class TornLineWarning(UserWarning):
+    """A table's last line was cut (no final newline) and was not read."""
 
 
 def _cell(value: Any) -> str:
@@ -40,29 +57,50 @@ def _cell(value: Any) -> str:
     return text.replace("\r\n", " | ").replace("\n", " | ").replace("\r", " | ")
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    """One CSV line (with its newline) in COLUMNS order; unknown keys raise KeyError."""
-    unknown = set(row) - set(COLUMNS)
+def format_record(row: Mapping[str, Any], columns: Sequence[str], width: int | None = None) -> str:
+    """One CSV line (with its newline) in `columns` order, padded with empty cells to `width` fields;
+    unknown keys raise KeyError."""
+    unknown = set(row) - set(columns)
     if unknown:
-        raise KeyError(f"unknown result columns {sorted(unknown)}; known: {list(COLUMNS)}")
+        raise KeyError(f"unknown result columns {sorted(unknown)}; known: {list(columns)}")
+    cells = [_cell(row.get(c)) for c in columns]
+    cells += [""] * ((width or 0) - len(cells))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(cells)
+    return buf.getvalue()
+
+
+def format_row(row: Mapping[str, Any]) -> str:
+    """One run-row line in COLUMNS order; unknown keys raise KeyError, an unknown status ValueError."""
     if row.get("status") not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {row.get('status')!r}")
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_cell(row.get(c)) for c in COLUMNS])
-    return buf.getvalue()
+    return format_record(row, COLUMNS)
 
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `<path>.lock` (created beside the CSV)."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot open the lock file {lock_path}: {err.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write continues); a write of 0 bytes is ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 def _repair_torn_tail(fd: int) -> None:
@@ -85,6 +123,18 @@ def _repair_torn_tail(fd: int) -> None:
     os.ftruncate(fd, 0)
 
 
+def _header(fd: int) -> list[str]:
+    """The first line of the file as CSV fields ([] for an empty file)."""
+    head = b""
+    while b"\n" not in head:
+        block = os.pread(fd, 65536, len(head))
+        if not block:
+            break
+        head += block
+    line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    return next(csv.reader([line]), []) if line else []
+
+
 def repair(path: str | Path) -> None:
     """Drop a torn last line of `path` under the lock (a no-op for a missing or clean file)."""
     path = Path(path)
@@ -98,39 +148,120 @@ def repair(path: str | Path) -> None:
             os.close(fd)
 
 
-def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one row atomically (lock, repair torn tail, header if empty, write, fsync)."""
+def append_record(path: str | Path, row: Mapping[str, Any], columns: Sequence[str]) -> None:
+    """Append one row of a table with `columns` atomically (lock, repair a torn tail, header if empty,
+    checked write, fsync). Raises WriteError (file and cause) when the row could not be written; the
+    file is then truncated back to its size before the append."""
     path = Path(path)
-    line = format_row(row).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    line = format_record(row, columns).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot create the folder of {path}: {err.strerror}") from None
     with locked(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            _repair_torn_tail(fd)
-            data = line
-            if os.fstat(fd).st_size == 0:
-                data = (",".join(COLUMNS) + "\n").encode() + line
-            os.write(fd, data)
-            os.fsync(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise WriteError(err.errno, f"cannot open {path} for writing: {err.strerror}") from None
+        try:
+            _append_locked(fd, path, row, line, columns)
         finally:
             os.close(fd)
 
 
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All complete rows, in file order; a torn last line or a malformed row is skipped."""
+def _append_locked(fd: int, path: Path, row: Mapping[str, Any], line: bytes, columns: Sequence[str]) -> None:
+    size = 0
+    try:
+        _repair_torn_tail(fd)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            data = (",".join(columns) + "\n").encode() + line
+        else:
+            header = _header(fd)
+            if tuple(header[: len(columns)]) != tuple(columns):
+                raise ValueError(
+                    f"{path}: its header does not start with the columns of this table; refusing to append"
+                    f" (expected {list(columns)}, found {header})"
+                )
+            data = line if len(header) == len(columns) else format_record(row, columns, len(header)).encode()
+        os.lseek(fd, size, os.SEEK_SET)
+        write_all(fd, data)
+        os.fsync(fd)
+    except OSError as err:
+        try:
+            os.ftruncate(fd, size)  # the rows already there stay whole
+        except OSError:
+            pass
+        raise WriteError(err.errno, f"cannot write a row to {path}: {err.strerror or err}") from None
+
+
+def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one run row to `runs.csv` (see `append_record`); an unknown status raises ValueError."""
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {row.get('status')!r}")
+    append_record(path, row, COLUMNS)
+
+
+def read_table(
+    path: str | Path, columns: Sequence[str] = COLUMNS, optional: Sequence[str] = ()
+) -> list[dict[str, str]]:
+    """All complete rows of a table written by `append_record`, in file order ([] without a file).
+
+    The header must contain every name in `columns` (extra columns may follow; rows may omit them);
+    a torn last line is dropped with a TornLineWarning, a row with more fields than the header or
+    fewer than `columns` is dropped with a warning naming its line. Bytes that are not UTF-8 raise
+    ValueError naming the file, line and byte offset.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text()
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}: line {line_no} is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start});"
+            " the table must be UTF-8 text"
+        ) from None
     if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+        cut = text.rfind("\n") + 1
+        warnings.warn(
+            f"{path}: dropped a torn last line (no final newline, {len(text) - cut} characters): "
+            f"{text[cut:cut + 60]!r}",
+            TornLineWarning,
+            stacklevel=2,
+        )
+        text = text[:cut]
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    header = [h.strip() for h in next(reader, [])]
+    if not header:
         return []
-    if tuple(header[: len(COLUMNS)]) != COLUMNS:
-        raise ValueError(f"{path}: header does not match the run-row schema; expected {list(COLUMNS)}")
-    return [dict(zip(header, fields, strict=True)) for fields in reader if len(fields) == len(header)]
+    missing = [c for c in columns if c not in header and c not in optional]
+    if missing:
+        raise ValueError(
+            f"{path} lacks required column(s): {', '.join(missing)}; the table has the {len(columns)} "
+            f"columns {', '.join(columns)} (extra columns may follow)"
+        )
+    absent = {c: "" for c in columns if c not in header}  # optional columns of a newer schema
+    known = sum(h in columns for h in header)  # the schema's columns come first, extras follow
+    rows = []
+    for fields in reader:
+        if len(header) >= len(fields) >= known:
+            padded = fields + [""] * (len(header) - len(fields))
+            rows.append({**absent, **dict(zip(header, padded, strict=True))})
+        else:
+            warnings.warn(
+                f"{path}: dropped line {reader.line_num}: {len(fields)} fields, expected {len(header)}",
+                stacklevel=2,
+            )
+    return rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """All complete run rows of `runs.csv`, in file order (see `read_table`); columns added to the
+    schema later (`bench.schema.LATER_COLUMNS`) are empty in tables written before them."""
+    return read_table(path, COLUMNS, LATER_COLUMNS)
 
 
 def latest_rows(path: str | Path) -> dict[str, dict[str, str]]:

@@ -10,7 +10,8 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
    ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
    here), then one warm step under `bench.meters.memory.measure_step_memory` (tracked peak,
-   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks), then
+   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks, then NVML's
+   view: `nvml_columns`), then
    ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
@@ -24,9 +25,12 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    with "estimated X bytes > budget Y bytes" and no timing or training.
 4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
    measurement steps, so they do not leak into training) and trained by `bench.harness.train.train` for
-   ``steps`` steps with a fresh Adam -> ``train_s``.
-5. Evaluation when the model was trained or has no parameters: `bench.harness.train.evaluate` -> ``psnr_db``,
-   ``ssim``. Solver columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
+   at most ``steps`` steps with a fresh Adam (validation, plateau stopping and the learning-rate
+   schedule from the spec) -> ``train_s`` (validations included), ``steps_run``, ``best_step``,
+   ``stopped_by``, ``val_psnr_db``, and the learning curve (`run_with_curve`).
+5. Evaluation when the model was trained or has no parameters: `bench.harness.train.evaluate` on the
+   test split (of the best-validation weights in plateau mode) -> ``psnr_db``, ``ssim``. Solver
+   columns: of the evaluation solves when evaluated (``bwd_iters_mean`` from the
    last training step, evaluation has no backward), else of the last warm measurement step.
 
 ``spec.cpu_threads`` sets torch's intra-op threads for the run (restored afterwards): on a small
@@ -39,7 +43,8 @@ blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`
 
 ``spec.inject`` (testing aid, see `FAULTS`) wraps the model so that its *second* call fails: "nan"
 returns NaN images from then on, "oom" raises an out-of-memory error (a real one on CUDA: an
-impossible allocation), "crash" SIGKILLs this process, "hang" sleeps forever. Run "crash" and "hang"
+impossible allocation), "crash" SIGKILLs this process, "hang" waits (forever, or until the file named by
+$BENCH_HANG_RELEASE exists; it prints its pid to the log first). Run "crash" and "hang"
 only in a child process (the launchers do).
 """
 
@@ -49,6 +54,7 @@ import dataclasses
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +64,21 @@ from torch import nn
 
 from bench.data import seeds
 from bench.harness.specs import RunSpec, normalise, spec_columns
-from bench.harness.train import Diverged, StepResult, TrainConfig, check_finite, evaluate, train, train_step
+from bench.harness.train import (
+    CurvePoint,
+    Diverged,
+    StepResult,
+    TrainConfig,
+    check_finite,
+    evaluate,
+    train,
+    train_step,
+)
 from bench.schema import COLUMNS, SOLVER_COLUMNS
+
+#: "hang" waits until the file named by this environment variable exists (forever when unset), so that
+#: tests have a run that is slow for exactly as long as they need.
+HANG_RELEASE_ENV = "BENCH_HANG_RELEASE"
 
 
 class BudgetExceeded(RuntimeError):
@@ -85,8 +104,11 @@ def _fault_crash(recon: Any, device: torch.device) -> Any:
 
 
 def _fault_hang(recon: Any, device: torch.device) -> Any:
-    while True:
-        time.sleep(3600)
+    release = os.environ.get(HANG_RELEASE_ENV)
+    print(f"injected hang: pid {os.getpid()} waiting for {release or 'ever'}", flush=True)
+    while not (release and os.path.exists(release)):
+        time.sleep(0.05)
+    return recon
 
 
 #: inject name -> what happens from the model's second call on (the first call is a warm-up step).
@@ -185,19 +207,30 @@ class PreparedRun:
         return count_params(self.model)
 
     def step(self) -> StepResult:
-        """One training step on the measurement batch (forward only for models without parameters)."""
+        """One training step on the measurement batch (forward only for models without parameters);
+        its result is kept as `last` until the next step."""
+        result = self._step()
+        self.last[:] = [result]
+        return result
+
+    def _step(self) -> StepResult:
         result = train_step(
             self.model, self.task.operator, self.x, self.y, self.optimizer, grad_clip=self.spec.grad_clip
         )
         check_finite(result, "a measurement step")
-        self.last[:] = [result]
         return result
 
-    def measure_memory(self) -> Any:
-        """`bench.meters.memory.MemoryReport` of one warm step (run the warm-up steps first)."""
-        from bench.meters.memory import measure_step_memory
+    def measure_memory(self, steady_steps: int | None = None) -> Any:
+        """`bench.meters.memory.MemoryReport` of warm steps (run the warm-up steps first).
 
-        return measure_step_memory(self.step, device=self.device)
+        The measured steps drop their results at once (`last` stays the warm-up's), so whatever
+        outlives them is what the model or optimiser keeps: ``leaked_bytes``. `steady_steps`
+        defaults to `bench.meters.memory.STEADY_STEPS`.
+        """
+        from bench.meters.memory import STEADY_STEPS, measure_step_memory
+
+        n = STEADY_STEPS if steady_steps is None else steady_steps
+        return measure_step_memory(self._step, device=self.device, steady_steps=n)
 
     def last_stats(self) -> list[Any]:
         """The DEQ stats of the last step (empty for feed-forward models)."""
@@ -216,6 +249,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
         image_size=spec.image_size,
         n_train=spec.n_train,
         n_test=spec.n_test,
+        n_val=spec.n_val,
         noise_sigma=spec.noise_sigma,
         seed=spec.seed,
         device=device,
@@ -230,9 +264,12 @@ def prepare(spec: RunSpec) -> PreparedRun:
     return PreparedRun(spec, device, task, model, optimizer, x, y)
 
 
-def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None) -> None:
+def _execute(
+    spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None, curve: list[CurvePoint]
+) -> None:
     from bench.meters.environment import environment_columns
     from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.nvml import nvml_columns
     from bench.meters.timing import time_steps
 
     row.update(environment_columns(resolve_device(spec)))
@@ -254,7 +291,12 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         saved_bytes=mem.saved_bytes,
         cuda_peak_bytes=mem.cuda_peak_bytes,
         cuda_reserved_bytes=mem.cuda_reserved_bytes,
+        alloc_peak_bytes=mem.alloc_peak_bytes,
+        steady_peak_bytes=mem.steady_peak_bytes,
+        leaked_bytes=mem.leaked_bytes,
+        steady_steps=mem.steady_steps,
     )
+    row.update(nvml_columns(device))  # the driver's view after the measured steps (None off CUDA)
     if memory_budget_bytes is not None:
         resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
         resident += _bytes([task.x_train, task.x_test])
@@ -276,10 +318,25 @@ def _execute(spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None
         run.optimizer = None
         model.load_state_dict(init_state)  # back to the initialisation: measurement steps do not count
         cfg = TrainConfig(
-            steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, grad_clip=spec.grad_clip
+            steps=spec.steps,
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            seed=spec.seed,
+            grad_clip=spec.grad_clip,
+            val_every=spec.val_every,
+            patience=spec.patience,
+            min_delta_db=spec.min_delta_db,
+            lr_schedule=spec.lr_schedule,
         )
         result = train(model, task, cfg)
-        row["train_s"] = result.train_s
+        curve.extend(result.curve)
+        row.update(
+            train_s=result.train_s,
+            steps_run=result.steps_run,
+            best_step=result.best_step,
+            stopped_by=result.stopped_by,
+            val_psnr_db=result.val_psnr_db,
+        )
         trained = True
     if trained or not params:
         ev = evaluate(model, task, spec.batch_size)
@@ -298,6 +355,14 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
 
     Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
     """
+    return run_with_curve(spec, memory_budget_bytes=memory_budget_bytes)[0]
+
+
+def run_with_curve(
+    spec: RunSpec, *, memory_budget_bytes: int | None = None
+) -> tuple[dict[str, Any], list[CurvePoint]]:
+    """`run_spec`'s row and the run's learning curve (empty when it did not train to the end)."""
+    curve: list[CurvePoint] = []
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(status="ok", error="")
     threads = torch.get_num_threads()
@@ -306,7 +371,7 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
             torch.set_num_threads(spec.cpu_threads)
         spec = normalise(spec)
         row.update(spec_columns(spec))
-        _execute(spec, row, memory_budget_bytes)
+        _execute(spec, row, memory_budget_bytes, curve)
     except Diverged as err:
         row.update(status="diverged", error=f"Diverged: {err}")
     except BudgetExceeded as err:
@@ -314,13 +379,14 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
     except Exception as err:
         status = "oom" if is_oom(err) else "error"
         row.update(status=status, error=f"{type(err).__name__}: {err}")
+        traceback.print_exc()  # the whole story goes to the run's log; the row keeps one line
     finally:
         torch.set_num_threads(threads)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if not row.get("device"):
-        row["device"] = str(resolve_device(spec))
-    return {k: _plain(v) for k, v in row.items()}
+        row["device"] = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")  # never raises
+    return {k: _plain(v) for k, v in row.items()}, curve
 
 
 def _plain(value: Any) -> Any:

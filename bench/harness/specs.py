@@ -12,7 +12,7 @@ Normalisation (`normalise`) makes run ids mean "the same computation":
   `{model="deq"}` and `{model="deq", tol=<default>}` are one run and the CSV shows effective values;
 - extra model keys (`model_extra`, any config key without its own column) equal to the default are
   dropped;
-- task sizes left unset (image_size, n_train, n_test, noise_sigma) take the task's defaults
+- task sizes left unset (image_size, n_train, n_test, noise_sigma, n_val) take the task's defaults
   (`bench.data.tasks.TASKS[task]`).
 
 A sweep file (TOML) has three tables, all optional but `grid` usually present::
@@ -45,13 +45,14 @@ import importlib.resources
 import itertools
 import json
 import tomllib
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness.checks import check_spec
+from bench.harness.coerce import coerce, type_name
 from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
 #: Smallest allowed value of the harness's integer fields (None, where allowed, means a default).
@@ -65,6 +66,9 @@ _HARNESS_MINIMUMS: dict[str, int] = {
     "warmup_steps": 0,
     "timed_steps": 0,
     "cpu_threads": 1,
+    "val_every": 0,
+    "patience": 0,
+    "n_val": 1,
 }
 
 
@@ -99,7 +103,13 @@ class RunSpec:
     seed: int = 0
     lr: float = 1e-3
     grad_clip: float | None = None
+    # Validation, plateau stopping and the schedule (bench/harness/train.py); steps is then max_steps.
+    val_every: int = 0  # steps between validations (0: none)
+    patience: int = 0  # validations without improvement before stopping (0: fixed-step training)
+    min_delta_db: float = 0.0  # an improvement must exceed this many dB
+    lr_schedule: str = "constant"  # a key of bench.harness.train.LR_SCHEDULES
     n_train: int | None = None
+    n_val: int | None = None
     n_test: int | None = None
     noise_sigma: float | None = None
     warmup_steps: int = 1
@@ -119,6 +129,10 @@ class RunSpec:
             )
         if self.inject not in INJECTS:
             raise ValueError(f"RunSpec.inject must be one of {INJECTS}, got {self.inject!r}")
+        if self.patience > 0 and self.val_every == 0:
+            raise ValueError(f"RunSpec.patience {self.patience} needs validation: set val_every > 0")
+        if self.min_delta_db < 0:
+            raise ValueError(f"RunSpec.min_delta_db must be >= 0 (dB), got {self.min_delta_db!r}")
 
     @property
     def run_id(self) -> str:
@@ -161,6 +175,12 @@ def _solvers() -> Sequence[str]:
     return tuple(SOLVERS)
 
 
+def _lr_schedules() -> Sequence[str]:
+    from bench.harness.train import LR_SCHEDULES
+
+    return tuple(LR_SCHEDULES)
+
+
 def _backward_modes() -> Sequence[str]:
     from models.deq import BACKWARD_MODES
 
@@ -174,6 +194,7 @@ _CHOICES: dict[str, Callable[[], Sequence[str]]] = {
     "solver": _solvers,
     "backward": _backward_modes,
     "inject": lambda: INJECTS,
+    "lr_schedule": _lr_schedules,
 }
 
 
@@ -196,12 +217,12 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 #: RunSpec fields that default (None) to the task's own default (`bench.data.tasks.TaskSpec`).
-TASK_KEYS: tuple[str, ...] = ("image_size", "n_train", "n_test", "noise_sigma")
+TASK_KEYS: tuple[str, ...] = ("image_size", "n_train", "n_test", "noise_sigma", "n_val")
 
 
 def normalise(spec: RunSpec) -> RunSpec:
     """Blank model keys the model does not take, fill unset ones with the config's defaults, and
-    fill unset task sizes (image_size, n_train, n_test, noise_sigma) with the task's defaults."""
+    fill unset task sizes (image_size, n_train, n_test, noise_sigma, n_val) with the task's defaults."""
     cfg_fields = _config_fields(spec.model)
     tasks = _tasks()
     if spec.task not in tasks:
@@ -248,53 +269,6 @@ def spec_from_json(text: str) -> RunSpec:
     return spec_from_dict(json.loads(text))
 
 
-# ----------------------------------------------------------------------------- type checks
-
-
-def _type_name(tp: Any) -> str:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if typing.get_origin(tp) is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return value as type tp (int accepted for float), or raise TypeError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            if arm is type(None):
-                continue
-            try:
-                return _coerce(value, arm)
-            except TypeError:
-                pass
-        raise TypeError(_type_name(tp))
-    if origin is typing.Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise TypeError(_type_name(tp))
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError("float")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError("int")
-    if tp in (str, bool):
-        if isinstance(value, tp):
-            return value
-        raise TypeError(tp.__name__)
-    if tp is Any or not isinstance(tp, type):
-        return value
-    if isinstance(value, tp):
-        return value
-    raise TypeError(_type_name(tp))
-
-
 def _key_types() -> dict[str, Any]:
     """Every key a sweep may set -> its expected type (RunSpec fields, then model config keys)."""
     types_: dict[str, Any] = {k: _SPEC_TYPES[k] for k in SPEC_KEYS}
@@ -332,16 +306,16 @@ def _check_table(where: str, table: Any, key_types: Mapping[str, Any]) -> dict[s
             hint = (
                 f" from {list(_CHOICES[key]())}"
                 if key in _CHOICES
-                else f" of type {_type_name(key_types[key])}"
+                else f" of type {type_name(key_types[key])}"
             )
             raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value{hint}")
         checked = []
         for v in values:
             try:
-                v = _coerce(v, key_types[key])
+                v = coerce(v, key_types[key])
             except TypeError:
                 raise SweepError(
-                    f"{where}: key {key!r} expects {_type_name(key_types[key])}, got {v!r} "
+                    f"{where}: key {key!r} expects {type_name(key_types[key])}, got {v!r} "
                     f"({type(v).__name__})"
                 ) from None
             if key in _CHOICES:
@@ -372,6 +346,10 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
         config_cls(**spec.model_kwargs())
     except (TypeError, ValueError, KeyError) as err:
         raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
+    try:
+        check_spec(spec)
+    except ValueError as err:
+        raise SweepError(f"{where}: {err}") from None
     return spec
 
 
@@ -421,9 +399,14 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep TOML file; any problem raises SweepError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {err}") from None
+        raise SweepError(f"cannot read sweep file {str(path)!r}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise SweepError(
+            f"sweep file {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset"
+            f" {err.start}); TOML files must be UTF-8"
+        ) from None
     return loads_sweep(text, default_name=path.stem, source=str(path))
 
 

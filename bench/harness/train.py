@@ -9,6 +9,22 @@ Randomness is explicit: batches are drawn from ``task.x_train`` by the run's ``b
 noise reaches every device). Parameter initialisation is the caller's business (bench/harness/run.py
 builds the model under ``torch.random.fork_rng`` with the run's seed).
 
+Validation and plateau stopping. With ``val_every > 0`` the model is scored on the task's validation
+split (``Task.measurements("val")``, disjoint from train and test) every ``val_every`` steps and after
+the last step. With ``patience > 0`` training stops when the validation PSNR has not improved on the
+reference by more than ``min_delta_db`` for ``patience`` validations in a row (``stopped_by =
+"plateau"``), else it runs all ``steps`` (the step budget, ``max_steps``; ``stopped_by =
+"max_steps"``). In plateau mode the weights of the best validation PSNR (the highest seen, at
+``best_step``) are restored before the test set is scored; in fixed-step mode (``patience = 0``, what
+the smoke preset and the tests use) the final weights are kept. ``patience > 0`` needs
+``val_every > 0``. The learning rate follows ``lr_schedule`` (a key of `LR_SCHEDULES`: constant, or
+cosine decay from ``lr`` to 0 over the step budget), one schedule for every model of a preset.
+
+Learning curve: one `CurvePoint` per validation (or, without validation, every ``ceil(steps / 10)``
+steps and at the last step): the step, the mean training loss since the previous point, the
+validation PSNR, the elapsed training wall time (validations included) and the learning rate.
+``train_s`` is the wall time of the whole loop, validations included.
+
 Divergence: a non-finite loss, a non-finite forward residual of any equilibrium solve (a DEQ solver
 blow-up) or non-finite parameters after training raise `Diverged`, which bench/harness/run.py records as
 status ``diverged``.
@@ -35,18 +51,35 @@ class Diverged(RuntimeError):
     """Training (or a solve) produced NaN/inf; the message says where."""
 
 
+#: Learning-rate schedule name -> factor of ``lr`` at step t of a budget of T steps.
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda t, total: 1.0,
+    "cosine": lambda t, total: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / max(total, 1))),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters. grad_clip: max global gradient norm (None: no clipping)."""
+    """Training hyper-parameters (see the module docstring).
+
+    steps: the step budget (max_steps). grad_clip: max global gradient norm (None: no clipping).
+    val_every: steps between validations (0: no validation). patience: validations without an
+    improvement of more than min_delta_db (dB) before stopping (0: never stop early, keep the final
+    weights). lr_schedule: a key of LR_SCHEDULES.
+    """
 
     steps: int = 100
     batch_size: int = 4
     lr: float = 1e-3
     seed: int = 0
     grad_clip: float | None = None
+    val_every: int = 0
+    patience: int = 0
+    min_delta_db: float = 0.0
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "seed"):
+        for name in ("steps", "seed", "val_every", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -55,6 +88,23 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be None or > 0, got {self.grad_clip!r}")
+        if not self.min_delta_db >= 0:
+            raise ValueError(f"min_delta_db must be >= 0 (dB), got {self.min_delta_db!r}")
+        if self.patience > 0 and self.val_every == 0:
+            raise ValueError(f"patience {self.patience} needs validation: set val_every > 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One point of a learning curve; val_psnr_db is NaN where the point has no validation."""
+
+    step: int
+    train_loss: float
+    val_psnr_db: float
+    elapsed_s: float
+    lr: float
 
 
 @dataclass(frozen=True)
@@ -67,13 +117,23 @@ class StepResult:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """losses: one per step. train_s: wall time of the loop (device synchronised). trained: False for
-    models without trainable parameters (nothing to train) or steps == 0."""
+    """losses: one per step run. train_s: wall time of the loop, validations included (device
+    synchronised). trained: False for models without trainable parameters (nothing to train) or
+    steps == 0. best_step: the step whose weights the model holds at the end (the best validation in
+    plateau mode, else the last step); val_psnr_db: their validation PSNR (NaN without validation)."""
 
     losses: list[float]
     train_s: float
     trained: bool
     last_stats: list[Any] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)
+    best_step: int = 0
+    stopped_by: str = "max_steps"
+    val_psnr_db: float = math.nan
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.losses)
 
 
 def mse_loss(x_hat: Tensor, x: Tensor) -> Tensor:
@@ -149,6 +209,38 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
     return out
 
 
+class _Plateau:
+    """Tracks validations: the best PSNR (and a CPU copy of its weights) and the patience counter."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.best_db = -math.inf
+        self.ref_db = -math.inf  # the last value that improved by more than min_delta_db
+        self.best_step = 0
+        self.best_state: dict[str, Tensor] | None = None
+        self.bad = 0
+
+    def update(self, step: int, val_db: float, model: nn.Module) -> bool:
+        """Record a validation after ``step`` steps; True when training should stop (plateau)."""
+        if val_db > self.best_db or self.best_state is None:
+            self.best_db, self.best_step = val_db, step
+            if self.cfg.patience > 0:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                self.best_state = {}
+        if val_db > self.ref_db + self.cfg.min_delta_db:
+            self.ref_db, self.bad = val_db, 0
+        else:
+            self.bad += 1
+        return self.cfg.patience > 0 and self.bad >= self.cfg.patience
+
+
+def _is_point(step: int, cfg: TrainConfig) -> bool:
+    """Whether the curve gets a point (and a validation, when validating) after ``step`` steps."""
+    every = cfg.val_every or max(1, math.ceil(cfg.steps / 10))
+    return step % every == 0 or step == cfg.steps
+
+
 def train(
     model: nn.Module,
     task: Any,
@@ -156,15 +248,17 @@ def train(
     *,
     on_step: Callable[[int, StepResult], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``task`` with Adam for ``cfg.steps`` steps (see the module docstring).
+    """Train ``model`` on ``task`` with Adam for at most ``cfg.steps`` steps (see the module docstring).
 
     Models without trainable parameters (classical) are not trained: ``trained=False``, no losses.
-    Raises `Diverged` on a non-finite loss, solve or final parameters.
+    Raises `Diverged` on a non-finite loss, solve, validation reconstruction or final parameters.
     """
     params = trainable_parameters(model)
     if not params or cfg.steps == 0:
         return TrainResult(losses=[], train_s=0.0, trained=False)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    schedule = LR_SCHEDULES[cfg.lr_schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: schedule(t, cfg.steps))
     batches = batch_indices(
         len(task.x_train), cfg.batch_size, cfg.steps, seeds.generator(cfg.seed, "batch_order")
     )
@@ -172,29 +266,64 @@ def train(
     device = task.x_train.device
     model.train()
     losses: list[float] = []
+    curve: list[CurvePoint] = []
+    plateau = _Plateau(cfg)
+    stopped_by = "max_steps"
     result = StepResult(loss=float("nan"))
+    since = 0  # index in losses of the first loss since the last curve point
     _sync(device)
     t0 = time.perf_counter()
-    for step, idx in enumerate(batches):
+    for step, idx in enumerate(batches, start=1):
+        lr = optimizer.param_groups[0]["lr"]
         x = task.x_train[idx.to(device)]  # (B, *in_shape)
         y = task.measure(x, noise_gen)  # (B, *out_shape)
         result = train_step(model, task.operator, x, y, optimizer, grad_clip=cfg.grad_clip)
-        check_finite(result, f"training step {step}")
+        scheduler.step()
+        check_finite(result, f"training step {step - 1}")
         losses.append(result.loss)
         if on_step is not None:
-            on_step(step, result)
+            on_step(step - 1, result)
+        if not _is_point(step, cfg):
+            continue
+        val_db = math.nan
+        stop = False
+        if cfg.val_every > 0:
+            val_db = evaluate(model, task, cfg.batch_size, split="val")["psnr_db"]
+            stop = plateau.update(step, val_db, model)
+        _sync(device)
+        mean_loss = sum(losses[since:]) / len(losses[since:])
+        curve.append(CurvePoint(step, mean_loss, val_db, time.perf_counter() - t0, lr))
+        since = len(losses)
+        if stop:
+            stopped_by = "plateau"
+            break
     _sync(device)
     train_s = time.perf_counter() - t0
+    best_step, val_psnr_db = len(losses), curve[-1].val_psnr_db
+    if cfg.patience > 0 and plateau.best_state:
+        model.load_state_dict(plateau.best_state)
+        best_step, val_psnr_db = plateau.best_step, plateau.best_db
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
             raise Diverged(f"parameter {name!r} is non-finite after training")
-    return TrainResult(losses=losses, train_s=train_s, trained=True, last_stats=result.stats)
+    return TrainResult(
+        losses=losses,
+        train_s=train_s,
+        trained=True,
+        last_stats=result.stats,
+        curve=curve,
+        best_step=best_step,
+        stopped_by=stopped_by,
+        val_psnr_db=val_psnr_db,
+    )
 
 
-def evaluate(model: nn.Module, task: Any, batch_size: int) -> dict[str, float]:
-    """PSNR/SSIM on the task's fixed held-out set (``task.test_measurements()``), without gradients.
+def evaluate(model: nn.Module, task: Any, batch_size: int, *, split: str = "test") -> dict[str, float]:
+    """PSNR/SSIM on a held-out split of the task (``task.measurements(split)``: "test", the scores,
+    or "val", model selection), without gradients.
 
-    Returns ``psnr_db`` and ``ssim`` (means over the test images) and the solver summary of the
+    Returns ``psnr_db`` and ``ssim`` (means over the split's images; SSIM by the task's convention,
+    ``TaskSpec.ssim``) and the solver summary of the
     evaluation solves (``bench.meters.quality.solver_summary``: fwd_iters_mean, bwd_iters_mean,
     final_residual_max, converged_frac; NaN for feed-forward models). Raises `Diverged` when a
     reconstruction is non-finite.
@@ -203,27 +332,31 @@ def evaluate(model: nn.Module, task: Any, batch_size: int) -> dict[str, float]:
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    y_test = task.test_measurements()  # (M, *out_shape)
+    x_all = task.images(split)  # (M, *in_shape)
+    y_all = task.measurements(split)  # (M, *out_shape)
     was_training = model.training
     model.eval()
     psnr_sum = ssim_sum = 0.0
     stats: list[Any] = []
     try:
         with torch.no_grad():
-            for start in range(0, len(task.x_test), batch_size):
-                x_true = task.x_test[start : start + batch_size]  # (b, *in_shape)
-                recon = model(y_test[start : start + batch_size], task.operator)
+            for start in range(0, len(x_all), batch_size):
+                x_true = x_all[start : start + batch_size]  # (b, *in_shape)
+                recon = model(y_all[start : start + batch_size], task.operator)
                 if not bool(torch.isfinite(recon.x).all()):
-                    raise Diverged("non-finite reconstruction on the test set")
+                    raise Diverged(f"non-finite reconstruction on the {split} set")
                 psnr, ssim = psnr_ssim(
-                    task.to_metric_image(recon.x), task.to_metric_image(x_true), task.data_range(x_true)
+                    task.to_metric_image(recon.x),
+                    task.to_metric_image(x_true),
+                    task.data_range(x_true),
+                    task.spec.ssim,
                 )
                 psnr_sum += float(psnr) * len(x_true)
                 ssim_sum += float(ssim) * len(x_true)
                 stats.extend(recon.stats)
     finally:
         model.train(was_training)
-    n = len(task.x_test)
+    n = len(x_all)
     out = {"psnr_db": psnr_sum / n, "ssim": ssim_sum / n}
     out.update(solver_summary(stats))
     return out

@@ -1,10 +1,21 @@
-"""Reconstruction quality (PSNR, SSIM through torchmetrics) and a summary of DEQ solver statistics.
+"""Reconstruction quality (PSNR, and SSIM by the field's conventions) and a summary of DEQ solver statistics.
 
-PSNR of one image is ``10 log10(R^2 / MSE)`` with R its data range; SSIM is torchmetrics' Gaussian
-11x11 SSIM with constants ``(0.01 R)^2`` and ``(0.03 R)^2``. Both are computed image by image so that
-every image has its own data range (torchmetrics takes one scalar per call), then averaged over the
-batch. Complex images are the caller's business: `Task.to_metric_image` gives magnitudes, and MRI
-uses the fastMRI convention R = max of the target magnitude (`Task.data_range`).
+PSNR of one image is ``10 log10(R^2 / MSE)`` with R its data range (torchmetrics; equal to
+scikit-image's). SSIM is scikit-image's ``structural_similarity``, the implementation papers quote,
+averaged over the valid interior of the image (windows that fit inside it; no padding), with one of
+the conventions in `SSIM_CONVENTIONS`:
+
+- ``"gaussian"`` (Wang et al. 2004, MATLAB's ``ssim``; deblurring and CT): Gaussian weights with
+  sigma 1.5 (an 11x11 window), population covariances (``use_sample_covariance=False``), K1 0.01,
+  K2 0.03, R the task's data range;
+- ``"fastmri"`` (fastMRI's ``evaluate.ssim``): scikit-image's defaults, a 7x7 uniform window with
+  sample covariances, K1 0.01, K2 0.03, R the target's maximum. fastMRI reports it per volume (R the
+  volume's maximum, SSIM averaged over its slices); here every slice is its own image, with its own
+  maximum.
+
+Both are computed image by image (every image has its own data range), channels averaged, then
+averaged over the batch. Complex images are the caller's business: `Task.to_metric_image` gives
+magnitudes, and MRI uses R = max of the target magnitude (`Task.data_range`).
 """
 
 from __future__ import annotations
@@ -13,11 +24,39 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from skimage.metrics import structural_similarity
+
+#: SSIM convention name -> keyword arguments of ``skimage.metrics.structural_similarity`` (besides
+#: ``data_range``), see the module docstring.
+SSIM_CONVENTIONS: dict[str, dict[str, Any]] = {
+    "gaussian": dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, K1=0.01, K2=0.03),
+    "fastmri": dict(win_size=7, gaussian_weights=False, use_sample_covariance=True, K1=0.01, K2=0.03),
+}
 
 
-def _check_images(x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tensor) -> None:
+def ssim_window_px(convention: str) -> int:
+    """Side of the SSIM window of `convention` in pixels (images must be at least this large)."""
+    kw = SSIM_CONVENTIONS[convention]
+    if kw.get("gaussian_weights"):
+        return 2 * int(3.5 * kw["sigma"] + 0.5) + 1  # scikit-image's truncate=3.5
+    return int(kw["win_size"])
+
+
+def ssim(x_hat: np.ndarray, x_true: np.ndarray, data_range: float, convention: str) -> float:
+    """SSIM of one image ``(C, H, W)`` (float64 arrays) by `convention`, averaged over channels."""
+    kw = SSIM_CONVENTIONS[convention]
+    if x_true.shape[0] == 1:
+        return float(structural_similarity(x_true[0], x_hat[0], data_range=data_range, **kw))
+    return float(structural_similarity(x_true, x_hat, data_range=data_range, channel_axis=0, **kw))
+
+
+def _check_images(
+    x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tensor, convention: str
+) -> None:
+    if convention not in SSIM_CONVENTIONS:
+        raise KeyError(f"unknown SSIM convention {convention!r}; known: {sorted(SSIM_CONVENTIONS)}")
     if x_hat.is_complex() or x_true.is_complex():
         raise ValueError("psnr_ssim expects real images; convert complex ones with Task.to_metric_image")
     if x_true.ndim != 4:
@@ -30,24 +69,39 @@ def _check_images(x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.T
         )
     if not bool((data_range > 0).all()):
         raise ValueError(f"data_range must be positive, got {data_range.tolist()}")
+    window = ssim_window_px(convention)
+    if min(x_true.shape[-2:]) < window:
+        raise ValueError(
+            f"SSIM ({convention}) needs images of at least {window}x{window} pixels, "
+            f"got {tuple(x_true.shape[-2:])}"
+        )
 
 
 @torch.no_grad()
-def psnr_ssim(x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tensor) -> tuple[float, float]:
+def psnr_ssim(
+    x_hat: torch.Tensor, x_true: torch.Tensor, data_range: torch.Tensor, ssim_convention: str = "gaussian"
+) -> tuple[float, float]:
     """Mean PSNR (dB) and mean SSIM of real images (B, C, H, W), image i with data range data_range[i].
 
-    Identical images have PSNR = inf (MSE 0), so the mean is inf too; SSIM is then 1.
-    Raises ValueError on complex input, a shape mismatch, or a data_range that is not positive (B,).
+    `ssim_convention` is a key of `SSIM_CONVENTIONS` (the task's, `TaskSpec.ssim`). Identical images
+    have PSNR = inf (MSE 0), so the mean is inf too; SSIM is then 1. Raises ValueError on complex
+    input, a shape mismatch, a data_range that is not positive (B,) or images smaller than the SSIM
+    window; KeyError on an unknown convention.
     """
-    _check_images(x_hat, x_true, data_range)
+    _check_images(x_hat, x_true, data_range, ssim_convention)
     x_hat, x_true = x_hat.detach(), x_true.detach()
-    psnr_db, ssim = [], []
+    hat64 = x_hat.to("cpu", torch.float64).numpy()  # (B, C, H, W)
+    true64 = x_true.to("cpu", torch.float64).numpy()
+    # Imported here: torchmetrics' image functions load matplotlib, which a sweep's load-time checks
+    # (reading this module's SSIM windows) must not.
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    psnr_db, ssims = [], []
     for i, r in enumerate(data_range.detach().cpu().tolist()):
         pred, target = x_hat[i : i + 1], x_true[i : i + 1]  # (1, C, H, W)
         psnr_db.append(float(peak_signal_noise_ratio(pred, target, data_range=r)))
-        ssim_i = structural_similarity_index_measure(pred, target, data_range=r)  # a tensor here
-        ssim.append(float(ssim_i if isinstance(ssim_i, torch.Tensor) else ssim_i[0]))
-    return sum(psnr_db) / len(psnr_db), sum(ssim) / len(ssim)
+        ssims.append(ssim(hat64[i], true64[i], float(r), ssim_convention))
+    return sum(psnr_db) / len(psnr_db), sum(ssims) / len(ssims)
 
 
 def _mean(value: Any) -> float:

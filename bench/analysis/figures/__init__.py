@@ -23,7 +23,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from bench.analysis.compare import PSNR_TOL_DB
-from bench.analysis.figures import headline, psnr_memory, solver_iterations, solver_sweep, vs_k
+from bench.analysis.figures import curves, headline, psnr_memory, solver_iterations, solver_sweep, vs_k
 from bench.analysis.figures.common import RC, FigureContext, FigureEntry, make_style
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ FIGURES: dict[str, FigureEntry] = _registry(
     solver_sweep.TOL_FIGURE,
     solver_sweep.MAX_ITER_FIGURE,
     solver_iterations.FIGURE,
+    curves.FIGURE,
 )
 FIGURE_NAMES: tuple[str, ...] = tuple(FIGURES)
 

@@ -13,7 +13,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 
-from bench.analysis.compare import BASIS_EQUAL_K, CLAIMED_RATIO, Comparison, compare_memory, peak_bytes
+from bench.analysis.compare import (
+    ALLOC_METER,
+    BASIS_EQUAL_K,
+    CLAIMED_RATIO,
+    Comparison,
+    compare_memory,
+    peak_bytes,
+    tracked_bytes,
+)
 from bench.analysis.figures.common import FigureContext, FigureEntry, Style, finish, new_figure
 from bench.analysis.runtable import int_text
 
@@ -27,10 +35,18 @@ ROLES: tuple[tuple[str, str], ...] = (
 RATIO_TICKS: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+def _mib_text(n_bytes: float) -> str:
+    mib = n_bytes / 2**20
+    return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
+
+
 def _bar_text(role: str, row: pd.Series, lu_psnr: float, ratio: float) -> str:
-    """Above a bar: the saving, the tracked peak, the PSNR and its difference to plain LU."""
-    mib = row["tracked_peak_mib"]
-    text = f"{ratio:.1f}x\n{mib:,.0f} MiB" if mib >= 100 else f"{ratio:.1f}x\n{mib:.3g} MiB"
+    """Above a bar: the saving, the peak it is based on (and the tracked peak beside an allocator
+    peak), the PSNR and its difference to plain LU."""
+    peak, tracked = peak_bytes(row), tracked_bytes(row)
+    text = f"{ratio:.1f}x\n{_mib_text(peak or 0.0)} MiB"
+    if tracked is not None and peak != tracked:
+        text += f"\n({_mib_text(tracked)} MiB tracked)"
     if pd.notna(row["psnr_db"]):
         text += f"\n{row['psnr_db']:.2f} dB"
         if role != "plain LU" and pd.notna(lu_psnr):
@@ -96,8 +112,15 @@ def _label_claim(ax: Axes) -> None:
 
 def _notes(comparisons: list[Comparison]) -> list[str]:
     notes = [f"{c.task}: {c.note}" for c in comparisons if c.note]
+    alloc = all(c.memory_meter == ALLOC_METER for c in comparisons)
+    meter = (
+        "allocator-level peak memory of one training step (kernel scratch included; tracked peak in "
+        "brackets)"
+        if alloc
+        else "tracked peak memory of one training step (no allocator peak in this table)"
+    )
     notes.append(
-        "Above each bar: saving over plain LU, tracked peak memory of one training step, test PSNR "
+        f"Above each bar: saving over plain LU, {meter}, test PSNR "
         "(difference to plain LU). Plain LU: the LU run with the highest PSNR. Checkpointed LU: same K, "
         "depth, batch and image size. Full DEQ (no K): same batch and image size, least memory within the "
         "PSNR tolerance, else its best PSNR."

@@ -7,7 +7,7 @@ dotted horizontal line; repeated configurations are shown by their median.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -37,14 +37,22 @@ from bench.analysis.runtable import ordered_tasks, setting_label
 
 @dataclass(frozen=True)
 class KCurve:
-    """What a K figure draws: the value column (and optional dashed CUDA column, IQR error bars)."""
+    """What a K figure draws: the value column (and optional dashed allocator column, IQR error bars)."""
 
     value_col: str
     ylabel: str
     title: str
     cuda_col: str = ""  # drawn dashed where present
     iqr_col: str = ""  # error bars of +- iqr / 2
+    cuda_label: str = "CUDA peak"
 
+
+#: The dashed memory curve: the allocator-level peak (CPU or CUDA) where a table has it; an older table
+#: without it shows the CUDA peak, the same meter on CUDA.
+ALLOC_CURVES: tuple[tuple[str, str], ...] = (
+    ("alloc_peak_mib", "allocator peak"),
+    ("cuda_peak_mib", "CUDA peak"),
+)
 
 MEMORY = KCurve(
     value_col="tracked_peak_mib",
@@ -139,6 +147,10 @@ def _notes(solver_settings: dict[str, str]) -> list[str]:
 
 def plot_vs_k(runs: pd.DataFrame, ctx: FigureContext, curve: KCurve) -> Figure | str:
     """``curve.value_col`` (log) against K, one panel per task and setting; failed runs marked at their K."""
+    if curve.cuda_col:  # memory: the allocator peak when the table has one
+        present = [(c, lab) for c, lab in ALLOC_CURVES if c in runs and runs[c].notna().any()]
+        if present:
+            curve = replace(curve, cuda_col=present[0][0], cuda_label=present[0][1])
     trained = runs[runs["model"] != "classical"]
     ok, solver_settings = main_solver_setting(
         trained[(trained["status"] == "ok") & trained[curve.value_col].notna()]
@@ -163,7 +175,7 @@ def plot_vs_k(runs: pd.DataFrame, ctx: FigureContext, curve: KCurve) -> Figure |
     if has_cuda:
         handles += [
             Line2D([], [], color="0.3", lw=1.6, label="tracked peak"),
-            Line2D([], [], color="0.3", lw=1.1, ls="--", label="CUDA peak"),
+            Line2D([], [], color="0.3", lw=1.1, ls="--", label=curve.cuda_label),
         ]
     if has_flat:
         handles.append(Line2D([], [], color="0.3", ls=":", lw=1.8, label="model without K (flat line)"))

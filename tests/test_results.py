@@ -1,0 +1,227 @@
+"""The results files: checked writes (short writes, a full disk, a child that cannot write its row)
+and the one reader every consumer uses (torn last line, extra trailing columns, non-UTF-8 bytes)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from bench.analysis import report, runtable
+from bench.harness.results import (
+    COLUMNS,
+    TornLineWarning,
+    WriteError,
+    append_record,
+    append_row,
+    read_rows,
+    read_table,
+)
+from bench.harness.specs import load_sweep
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
+TINY = (
+    'task = "deblur"\nmodel = "classical"\nmethod = "adjoint"\nimage_size = 16\nbatch_size = 1\n'
+    'n_train = 2\nn_test = 1\nwarmup_steps = 1\ntimed_steps = 1\ndevice = "cpu"\ncpu_threads = 1\n'
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _row(run_id: str, status: str = "ok", **kw: object) -> dict[str, object]:
+    return {"run_id": run_id, "status": status, "error": "", "task": "deblur", "model": "lu", **kw}
+
+
+def _sweep(path: Path, seeds: list[int]) -> Path:
+    path.write_text(f"[sweep]\nname = 't'\n[defaults]\n{TINY}[[grid]]\nseed = {seeds}\n")
+    return path
+
+
+def _fd_is(fd: int, name: str) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(name)
+    except OSError:
+        return False
+
+
+class _Disk:
+    """Patches os.write for one file: at most `chunk` bytes per call, `capacity` bytes in all, then
+    ENOSPC (what a full file system answers); writes to other files pass through."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, capacity: int, chunk: int, fill_at: int = 0
+    ) -> None:
+        """fill_at > 0: the capacity applies once the file has that many lines (before: unlimited)."""
+        self.name, self.capacity, self.chunk, self.fill_at = name, capacity, chunk, fill_at
+        self.real = os.write
+        self.calls = 0
+        monkeypatch.setattr(os, "write", self.write)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if not _fd_is(fd, self.name):
+            return self.real(fd, data)
+        self.calls += 1
+        if self.fill_at and os.pread(fd, 1 << 20, 0).count(b"\n") < self.fill_at:
+            return self.real(fd, data)
+        if self.capacity <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = self.real(fd, bytes(memoryview(data)[: min(self.chunk, self.capacity)]))
+        self.capacity -= n
+        return n
+
+
+# ----------------------------------------------------------------------------- writes
+
+
+def test_short_writes_are_continued_until_the_row_is_whole(tmp_path: Path, monkeypatch) -> None:
+    csv = tmp_path / "runs.csv"
+    disk = _Disk(monkeypatch, "runs.csv", capacity=10**9, chunk=7)
+    append_row(csv, _row("a", error="x" * 300))
+    append_row(csv, _row("b"))
+    assert disk.calls > 40  # the writes really were short
+    rows = read_rows(csv)
+    assert [r["run_id"] for r in rows] == ["a", "b"] and rows[0]["error"] == "x" * 300
+
+
+def test_full_disk_mid_row_raises_naming_file_and_cause_and_keeps_earlier_rows(
+    tmp_path: Path, monkeypatch
+) -> None:
+    csv = tmp_path / "runs.csv"
+    append_row(csv, _row("a"))
+    before = csv.read_bytes()
+    _Disk(monkeypatch, "runs.csv", capacity=40, chunk=4096)  # the next row stops after 40 bytes
+    with pytest.raises(WriteError, match=r"runs\.csv: No space left on device"):
+        append_row(csv, _row("b", error="y" * 200))
+    assert csv.read_bytes() == before  # truncated back: no torn row, row a intact
+    monkeypatch.undo()
+    append_row(csv, _row("b"))
+    assert [r["run_id"] for r in read_rows(csv)] == ["a", "b"]
+
+
+def test_full_disk_stops_the_sweep_with_the_file_and_cause(tmp_path: Path, monkeypatch, capsys) -> None:
+    sweep = _sweep(tmp_path / "t.toml", [1, 2, 3])
+    out = tmp_path / "out"
+    _Disk(monkeypatch, "runs.csv", capacity=40, chunk=4096, fill_at=2)  # full after header + one row
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write a row to {out / 'runs.csv'}: No space left on device" in err
+    assert "the sweep stopped" in err
+    rows = read_rows(out / "runs.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"  # the written row is whole, no second one
+    monkeypatch.undo()  # space freed: a resume completes the others, each once
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    ids = [r["run_id"] for r in read_rows(out / "runs.csv")]
+    assert sorted(ids) == sorted(s.run_id for s in load_sweep(sweep).specs)
+
+
+def test_a_child_that_cannot_write_its_row_is_reported_as_such(tmp_path: Path, capsys) -> None:
+    sweep = _sweep(tmp_path / "t.toml", [1])
+    (spec,) = load_sweep(sweep).specs
+    out = tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    (out / "rows" / f"{spec.run_id}.json.tmp").symlink_to("/dev/full")  # writes there fail: ENOSPC
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"run {spec.run_id}: its process could not write its row" in err
+    assert "No space left on device" in err
+    assert read_rows(out / "runs.csv") == []  # not an error row: nothing was learnt about the run
+
+
+# ----------------------------------------------------------------------------- the one reader
+
+
+def test_torn_last_line_is_dropped_with_a_warning_by_the_report(tmp_path: Path) -> None:
+    lines = FIXTURE.read_text().splitlines(keepends=True)
+    last = lines[-1]
+    fields = last.split(",")
+    at = COLUMNS.index("tracked_peak_bytes")
+    cut = len(",".join(fields[:at])) + 3  # two digits into the last row's tracked peak
+    assert len(fields[at]) > 2
+    whole, torn = tmp_path / "whole", tmp_path / "torn"
+    whole.mkdir()
+    torn.mkdir()
+    (whole / "runs.csv").write_text("".join(lines[:-1]))
+    (torn / "runs.csv").write_text("".join(lines[:-1]) + last[:cut])
+    with pytest.warns(TornLineWarning, match="dropped a torn last line"):
+        runs = runtable.load_runs(torn)
+    assert runs.attrs["rows_read"] == len(lines) - 2
+    # The report (without its figures, which do not count rows) is the one of the file without that line.
+    whole_md = report.render_report(runtable.load_runs(whole), [], 0.5)
+    assert report.render_report(runs, [], 0.5) == whole_md
+    assert f"Source: `runs.csv`, {len(lines) - 2} rows" in whole_md
+
+
+def test_extra_trailing_column_keeps_the_sweep_resuming(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path / "t.toml", [1])
+    out = tmp_path / "out"
+    csv = out / "runs.csv"
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    header, row = csv.read_text().splitlines()
+    csv.write_text(f"{header},note\n{row},checked by hand\n")  # "extra columns may follow"
+    for _ in range(2):  # re-runs find the run done and add nothing
+        assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    assert len(read_rows(csv)) == 1 and read_rows(csv)[0]["note"] == "checked by hand"
+    append_row(csv, _row("b"))  # the sweep's own rows (without the extra cell) are padded
+    rows = read_rows(csv)
+    assert [r["run_id"] for r in rows][1:] == ["b"] and rows[1]["note"] == ""
+    assert csv.read_text().splitlines()[-1].endswith(",")  # padded to the header's width
+    assert runtable.load_runs(out)["note"].tolist() == ["checked by hand", ""]
+
+
+def test_rows_without_the_extra_cell_and_other_tables(tmp_path: Path) -> None:
+    table = tmp_path / "curves.csv"
+    columns = ("run_id", "step", "loss")
+    append_record(table, {"run_id": "a", "step": 1, "loss": 0.5}, columns)
+    with open(table, "a") as f:
+        f.write("a,2,0.2")  # torn
+    with pytest.warns(TornLineWarning):
+        assert read_table(table, columns) == [{"run_id": "a", "step": "1", "loss": "0.5"}]
+    with pytest.raises(ValueError, match=r"curves\.csv lacks required column\(s\): epoch"):
+        read_table(table, (*columns, "epoch"))
+
+
+def test_non_utf8_csv_names_file_and_line(tmp_path: Path, capsys) -> None:
+    csv = tmp_path / "runs.csv"
+    append_row(csv, _row("a"))
+    append_row(csv, _row("b", error="caf\xe9"))
+    data = csv.read_bytes().replace("é".encode(), b"\xe9")  # a Latin-1 byte in row b
+    csv.write_bytes(data)
+    with pytest.raises(ValueError, match=r"runs\.csv: line 3 is not UTF-8 \(byte 0xe9"):
+        read_rows(csv)
+    assert report.main(argparse.Namespace(dir=tmp_path, psnr_tol_db=0.5)) == 2
+    assert "line 3 is not UTF-8" in capsys.readouterr().err
+    sweep = _sweep(tmp_path / "t.toml", [1])
+    assert cli.main(["sweep", str(sweep), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "line 3 is not UTF-8" in capsys.readouterr().err
+
+
+def test_unusable_out_paths_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    sweep = _sweep(tmp_path / "t.toml", [1])
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for out, expected in ((a_file, "is not a folder"), (a_file / "sub", "cannot create the folder")):
+        assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_non_utf8_sweep_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "bad.toml"
+    sweep.write_bytes(b'[sweep]\nname = "caf\xe9"\n')
+    assert cli.main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "bad.toml" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_copy_of_fixture_reads_the_same(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE, tmp_path / "runs.csv")
+    assert len(read_rows(tmp_path / "runs.csv")) == len(FIXTURE.read_text().splitlines()) - 1
