@@ -22,10 +22,10 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from bench.analysis import compare, figures, runtable
+from bench.schema import SOLVER_MODELS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 MIB = 2**20
-SOLVER_MODELS = ("luser", "deq")
 # The solver setting most LUSER/DEQ configurations of the fixture were run at; the K figures and the
 # iteration bars show each configuration at its most common setting, which for the fixture is this one.
 MAIN_SOLVER = ("anderson", 0.001, 40.0)

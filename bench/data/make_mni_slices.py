@@ -1,6 +1,6 @@
 """Regenerate ``mni_t1_slices.npz``: axial slices of the MNI ICBM152 2009 T1 template, 128 x 128.
 
-Run with the dev extra installed (``pip install -e .[dev]``: nibabel, nilearn)::
+Run with the test extra installed (``pip install -e .[test]``: nibabel, nilearn)::
 
     python bench/data/make_mni_slices.py
 

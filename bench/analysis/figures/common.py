@@ -28,13 +28,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.analysis.compare import CLAIMED_RATIO
-from bench.analysis.runtable import MODEL_ORDER, setting_label
+from bench.analysis.runtable import setting_label
+from bench.schema import BACKWARD_ORDER, MODEL_ORDER, SOLVER_MODELS
 
 # --------------------------------------------------------------------------------------------------
-# Ordering and markers
-BACKWARD_ORDER: tuple[str, ...] = ("ift", "ift_hook", "jfb", "phantom", "unrolled")
+# Markers (the display orders of models and backward modes come from bench.schema)
 MARKERS: dict[str, str] = {"lu": "o", "lu_ckpt": "s", "luser": "^", "deq": "D", "classical": "*"}
-SOLVER_MODELS: tuple[str, ...] = ("luser", "deq")
 
 # seaborn's look, applied through rc_context only (no global state is changed on import)
 RC: dict[str, Any] = {

@@ -13,7 +13,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from bench.analysis.figures.common import (
-    SOLVER_MODELS,
     FigureContext,
     FigureEntry,
     Style,
@@ -22,6 +21,7 @@ from bench.analysis.figures.common import (
     new_figure,
 )
 from bench.analysis.runtable import ordered_tasks
+from bench.schema import SOLVER_MODELS
 
 PASS_COLORS: dict[str, str] = {"forward": "#4C72B0", "backward": "#DD8452"}
 PASS_OF_COLUMN: dict[str, str] = {"fwd_iters_mean": "forward", "bwd_iters_mean": "backward"}

@@ -17,7 +17,6 @@ from matplotlib.lines import Line2D
 
 from bench.analysis.figures.common import (
     FAILED_HANDLE,
-    SOLVER_MODELS,
     FigureContext,
     FigureEntry,
     Style,
@@ -30,6 +29,7 @@ from bench.analysis.figures.common import (
     plain_log,
 )
 from bench.analysis.runtable import int_text, ordered_tasks
+from bench.schema import SOLVER_MODELS
 
 
 @dataclass(frozen=True)
