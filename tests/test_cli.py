@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.harness import sweep
 from bench.harness.results import append_row
 from bench.harness.specs import load_preset, spec_columns
 
@@ -28,13 +29,13 @@ from bench.harness.specs import load_preset, spec_columns
     ],
 )
 def test_parse_size(text: str, n_bytes: int) -> None:
-    assert cli.parse_size(text) == n_bytes
+    assert sweep.parse_size(text) == n_bytes
 
 
 @pytest.mark.parametrize("text", ["24GX", "-1GiB", "GiB", "", "1.2.3MB", "ten"])
 def test_parse_size_rejects_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="KiB, MiB, GiB"):
-        cli.parse_size(text)
+        sweep.parse_size(text)
 
 
 BAD_SWEEPS = {

@@ -14,7 +14,7 @@ import torch
 
 from bench import schema
 from bench.data.tasks import TASKS
-from bench.harness import run
+from bench.harness import faults
 from bench.harness.specs import RunSpec, spec_columns
 from bench.meters.environment import environment_columns, environment_stamp
 from bench.meters.quality import solver_summary
@@ -64,7 +64,7 @@ def test_display_orders_are_the_registries() -> None:
 
 
 def test_fault_names_are_the_injectable_faults() -> None:
-    assert tuple(run.FAULTS) == schema.FAULT_NAMES
+    assert tuple(faults.FAULTS) == schema.FAULT_NAMES
     assert schema.INJECTS == ("", *schema.FAULT_NAMES)
     for name in schema.INJECTS:
         RunSpec(task="deblur", model="lu", inject=name)
@@ -94,4 +94,3 @@ def test_nvml_columns_are_the_meters_and_at_the_end_of_the_row() -> None:
     start = schema.COLUMNS.index(schema.NVML_COLUMNS[0])  # one block, among the later columns
     assert schema.COLUMNS[start : start + len(schema.NVML_COLUMNS)] == schema.NVML_COLUMNS
     assert _is_subsequence(schema.NVML_COLUMNS, schema.LATER_COLUMNS)  # older tables read them as empty
-

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.harness.faults import HANG_RELEASE_ENV
 from bench.harness.owner import OWNER_FILE
 from bench.harness.results import read_rows
-from bench.harness.run import HANG_RELEASE_ENV
 from bench.harness.specs import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +41,7 @@ def _sweep_file(tmp_path: Path) -> Path:
 def _start(sweep: Path, out: Path, release: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", **{HANG_RELEASE_ENV: str(release)})
     cmd = [sys.executable, "-m", "bench", "sweep", str(sweep), "--out", str(out), "--quiet"]
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _hanging_pid(proc: subprocess.Popen[str], log: Path) -> int:

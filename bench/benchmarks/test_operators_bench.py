@@ -31,6 +31,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from bench.meters.timing import synchronize
 from operators import Blur, ParallelBeamCT, SingleCoilMRI
 
 #: "cpu" always; "cuda" only where present (no skipped cases on machines without it).
@@ -73,7 +74,7 @@ def timed(fn: Callable[[], Tensor], device: str) -> Callable[[], Tensor]:
 
     def run() -> Tensor:
         out = fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         return out
 
     return run

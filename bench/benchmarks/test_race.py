@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from bench.data.tasks import build_task
 from bench.meters.memory import LiveStorageTracker, alloc_step_peak, steady_memory
+from bench.meters.timing import synchronize
 from models import build_model
 from models.luser import LUSER
 from operators.base import LinearOperator
@@ -91,11 +92,6 @@ def _size(benchmark, device: torch.device) -> RaceSize:
     if benchmark.disabled:
         return SMOKE_SIZE
     return CUDA_SIZE if device.type == "cuda" else CPU_SIZE
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _outer_loop(model: LUSER, y: Tensor, op: LinearOperator, solve: Solve) -> Tensor:
@@ -227,7 +223,7 @@ def _train_step(c: Contender, x: Tensor, y: Tensor, device: torch.device) -> Ten
     loss.backward()
     c.optimizer.step()
     c.optimizer.zero_grad(set_to_none=True)  # the gradients do not outlive the step
-    _sync(device)
+    synchronize(device)
     return loss.detach()
 
 
@@ -320,7 +316,7 @@ OTHER_SOLVERS: dict[str, Callable[[LUSER, RaceSize], Solve]] = {
 def _step_ms(fn: Callable[[], object], device: torch.device) -> float:
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return 1e3 * (time.perf_counter() - start)
 
 

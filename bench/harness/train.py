@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.data import seeds
+from bench.meters.timing import synchronize
 
 #: Loss of a reconstruction against its target, ``mean |x_hat - x|^2``.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -189,11 +190,6 @@ def check_finite(result: StepResult, where: str) -> None:
             raise Diverged(f"equilibrium solve {i} blew up (non-finite residual) at {where}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[Tensor]:
     """Index batches for ``steps`` steps: consecutive slices of random permutations of range(n)."""
     if batch_size > n:
@@ -271,7 +267,7 @@ def train(
     stopped_by = "max_steps"
     result = StepResult(loss=float("nan"))
     since = 0  # index in losses of the first loss since the last curve point
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for step, idx in enumerate(batches, start=1):
         lr = optimizer.param_groups[0]["lr"]
@@ -290,14 +286,14 @@ def train(
         if cfg.val_every > 0:
             val_db = evaluate(model, task, cfg.batch_size, split="val")["psnr_db"]
             stop = plateau.update(step, val_db, model)
-        _sync(device)
+        synchronize(device)
         mean_loss = sum(losses[since:]) / len(losses[since:])
         curve.append(CurvePoint(step, mean_loss, val_db, time.perf_counter() - t0, lr))
         since = len(losses)
         if stop:
             stopped_by = "plateau"
             break
-    _sync(device)
+    synchronize(device)
     train_s = time.perf_counter() - t0
     best_step, val_psnr_db = len(losses), curve[-1].val_psnr_db
     if cfg.patience > 0 and plateau.best_state:

@@ -45,6 +45,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from bench.meters.timing import synchronize
+
 T = TypeVar("T")
 
 # Sparse layouts and the accessors of their component (strided) tensors.
@@ -275,12 +277,12 @@ def cuda_step_peak(fn: Callable[[], Any], device: torch.device | str) -> CudaPea
     cuda = _cuda_device(device)
     if cuda is None:
         return None
-    torch.cuda.synchronize(cuda)
+    synchronize(cuda)
     torch.cuda.reset_peak_memory_stats(cuda)
     base_allocated = torch.cuda.memory_allocated(cuda)
     base_reserved = torch.cuda.memory_reserved(cuda)
     fn()
-    torch.cuda.synchronize(cuda)
+    synchronize(cuda)
     return CudaPeak(
         allocated_bytes=torch.cuda.max_memory_allocated(cuda) - base_allocated,
         reserved_bytes=torch.cuda.max_memory_reserved(cuda) - base_reserved,
@@ -306,7 +308,7 @@ class AllocPeak:
 def cpu_alloc_peak(fn: Callable[[], Any]) -> AllocPeak:
     """Peak bytes the CPU allocator handed out during one call of `fn`, above what was live before it.
 
-X
+    `fn` runs under ``torch.autograd.profiler.profile(profile_memory=True)``: the c10 CPU
     allocator then reports every allocation (+bytes) and free (-bytes) to the profiler, scratch that
     kernels allocate inside themselves included (the tracker cannot see those). The records are
     taken from the profiler's event tree in time order and summed; the peak of the running sum is
