@@ -25,8 +25,8 @@ Backends (one discretisation, two implementations; ``BACKENDS``):
   (``aten.grid_sampler_2d_backward``), i.e. the exact transpose of the bilinear sampling.
 - ``"csr"`` (default): the same bilinear weights, assembled once into a sparse CSR matrix
   ``(n_angles * D, N * N)`` with its transpose kept as a second CSR matrix; ``A`` and ``A^T`` are
-  sparse-dense products. 128 x 128 at 60 angles: 2.2 M non-zeros (26 MB for both matrices), about
-  1 s of set-up on one CPU core; 180 angles: 6.5 M, about 3 s.
+  sparse-dense products. The set-up (and the matrices' size) grows with the number of rays times the
+  image side: several non-zeros per pixel a ray crosses.
 
 The grid and the weights are built in float32 (as ``grid_sample`` computes them), so the backends agree
 to about 1e-6 relative; ``.to(torch.float64)`` converts those values and the pair stays exact. Both are
@@ -102,7 +102,7 @@ def bilinear_csr(grid: Tensor, image_size: int, dt: float) -> tuple[Tensor, Tens
     n = image_size
     m = n + 2  # keys index a padded (n + 2) x (n + 2) pixel grid, so no corner needs a bounds check
     n_rays, n_t, _ = grid.shape
-    key_dtype = torch.int32 if n_rays * m * m < 2**31 else torch.int64  # int32 sorts about 2x faster
+    key_dtype = torch.int32 if n_rays * m * m < 2**31 else torch.int64  # int32 sorts faster
     pts = grid.reshape(-1, 2).to(torch.float32)  # (R*T, 2)
     rows = torch.arange(n_rays, dtype=key_dtype).repeat_interleave(n_t)  # (R*T,)
     iu = ((pts[:, 0] + 1) * n - 1) / 2  # pixel coordinates, as in grid_sample

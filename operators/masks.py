@@ -9,7 +9,7 @@ never touched.
 - ``random``: the central band plus columns drawn uniformly without replacement until the total is
   ``round(n_cols / acceleration)``. fastMRI's ``RandomMaskFunc`` draws each column independently
   with the same expected total; drawing the exact count removes the mask-to-mask spread of the
-  acceleration (about 13 % at 128 columns and 4x) from the benchmark.
+  acceleration from the benchmark.
 - ``equispaced``: fastMRI's ``EquispacedMaskFractionFunc``: columns every ``a'`` (rounded) from a random
   offset, with ``a' = acceleration (n_low - n_cols) / (n_low acceleration - n_cols)`` chosen so the
   total sampled fraction is ``1 / acceleration`` (fastMRI's plain ``EquiSpacedMaskFunc`` over-samples,

@@ -70,3 +70,43 @@ def test_no_import_circle() -> None:
     assert "models" in graph["bench.harness.run"]
     cycle = find_cycle(graph)
     assert cycle is None, f"import circle: {' -> '.join(cycle or [])}"
+
+
+#: The floors, lowest first: a module may import only from its own floor or a lower one.
+#: (`bench.schema` is torch-free and imports nothing of the project: every floor above models may use it.)
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("operators",),
+    ("models",),
+    ("bench.schema",),
+    ("bench.meters", "bench.data"),
+    ("bench.harness",),
+    ("bench.analysis", "bench.gate", "bench.gpu_check", "bench.benchmarks"),
+    ("bench.cli", "bench.__main__"),
+)
+
+
+def floor_of(module: str) -> int:
+    """The floor a module stands on (ValueError for a module no floor names)."""
+    for level, prefixes in enumerate(FLOORS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    raise ValueError(f"module {module} is on no floor of {FLOORS}")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import of a module on a higher floor."""
+    return sorted(
+        f"{m} -> {d}" for m, deps in graph.items() if m != "bench" for d in deps if floor_of(d) > floor_of(m)
+    )
+
+
+def test_upward_import_finder_finds_a_planted_one() -> None:
+    assert upward_imports({"models.lu": {"bench.harness.run"}, "bench.cli": {"models.lu"}}) == [
+        "models.lu -> bench.harness.run"
+    ]
+
+
+def test_imports_go_one_way_down_the_floors() -> None:
+    graph = import_graph()
+    assert graph["bench"] == set(), "bench/__init__.py imports nothing of the project"
+    assert upward_imports(graph) == []

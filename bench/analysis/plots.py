@@ -7,7 +7,6 @@ of :data:`bench.analysis.figures.FIGURES`; no torch, no model is rerun.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -36,12 +35,3 @@ def main(args: argparse.Namespace) -> int:
             + (", ".join(str(p) for p in r.paths) if r.figure is not None else f"skipped ({r.skipped})")
         )
     return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _parser = argparse.ArgumentParser(
-        prog="python -m bench.analysis.plots", description="Figures of a luser-bench sweep."
-    )
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))

@@ -427,12 +427,3 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _parser = argparse.ArgumentParser(
-        prog="python -m bench.analysis.report", description="Markdown report of a sweep."
-    )
-    add_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))

@@ -49,7 +49,7 @@ TARGET_SPEEDUP = {"cpu": 3.0, "cuda": 2.0}
 _PEER_MEDIAN_S: dict[tuple, float] = {}
 
 # CPU timings use one thread: on a shared machine, OpenMP threads that wait at barriers for a preempted
-# sibling quantise the timings to scheduler slices (medians of 16 or 32 ms for sub-millisecond work).
+# sibling quantise the timings to scheduler slices (sub-millisecond work then times at whole slices).
 CPU_THREADS = 1
 
 

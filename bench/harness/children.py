@@ -37,7 +37,7 @@ _PR_SET_PDEATHSIG = 1
 
 #: Modules the fork server imports once, so that each run's process starts in a fraction of a second
 #: instead of re-importing torch, torch._dynamo (pulled in by the memory tracker's dispatch mode) and
-#: torchmetrics (about 5 s on a small CPU). Importing them does not initialise CUDA.
+#: torchmetrics (seconds on a small CPU). Importing them does not initialise CUDA.
 PRELOAD: tuple[str, ...] = (
     "torch",
     "torch._dynamo",

@@ -18,7 +18,7 @@ SIGINT (`SweepInterrupted`: no run starts after the signal, the runs in progress
 their process groups and get no row, so a resume runs them again).
 
 Launchers (`LAUNCHERS`):
-- `sequential` (alias `local`, the issue's name): one run after another;
+- `sequential` (alias `local`): one run after another;
 - `pool`: one worker per visible GPU (`CUDA_VISIBLE_DEVICES` parsed, else
   `torch.cuda.device_count()`), each child pinned with `CUDA_VISIBLE_DEVICES=<its gpu>` (set in the
   child before CUDA is touched); without a GPU, `workers` CPU workers (default 1);
@@ -374,7 +374,7 @@ def run_in_fresh_process_job(
     return str(row["status"])
 
 
-#: Launcher name -> function(specs, csv_path, opts). "local" is the issue's name for sequential.
+#: Launcher name -> function(specs, csv_path, opts). "local" is another name for sequential.
 LAUNCHERS: dict[str, Callable[..., list[Any]]] = {
     "sequential": launch_sequential,
     "local": launch_sequential,

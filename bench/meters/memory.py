@@ -13,8 +13,8 @@ Views of the memory of a training step, from most to least portable:
   (parameters, inputs, optimiser state from earlier steps), which is a constant offset.
 - `saved_tensor_bytes`: bytes of the unique storages the autograd graph saves for backward. Exact and
   device-independent but blind to anything not saved (temporaries, solver state) and to tensors saved
-  inside non-reentrant checkpoints (their own hooks take precedence): 13 MB against a real 71 MB for
-  a checkpointed LU, K=16.
+  inside non-reentrant checkpoints (their own hooks take precedence), so it badly undercounts a
+  checkpointed LU.
 - `cuda_step_peak`: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` over one step, minus
   what was allocated (reserved) before it. ``None`` without CUDA (torch itself would return 0).
 - `alloc_step_peak`: what the allocator really handed out, kernel scratch included: on CUDA
@@ -193,8 +193,8 @@ def saved_tensor_bytes(fn: Callable[[], T]) -> tuple[T, int]:
     weak reference), and the peak of that sum is returned. So a graph rebuilt inside backward (the
     memory-efficient implicit backward) counts one LU step at a time, as it is alive, not summed over
     the steps. Blind spots: temporaries and solver buffers that are not saved, and tensors saved inside
-    non-reentrant `torch.utils.checkpoint` regions (their own hooks take precedence), so a checkpointed
-    LU reads 13 MB against a real 71 MB: a lower bound only.
+    non-reentrant `torch.utils.checkpoint` regions (their own hooks take precedence), so for a
+    checkpointed LU it is a lower bound only.
     """
     live: dict[int, tuple[weakref.ref[torch.UntypedStorage], int]] = {}
     live_bytes = peak_bytes = 0
