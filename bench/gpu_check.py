@@ -65,9 +65,12 @@ SHARE = "{share_s}"  # placeholder in a part's argv, replaced by its share of th
 #: Stated wall times (s) of the parts other than the sweep, on one H100, interpreter start included.
 #: probe: an interpreter with torch, one CUDA init. gpu-tests: collection of every test module (torch,
 #: pandas, matplotlib imports) ~15 s, the slope test's 6 models x 4 K at 128x128 ~25 s, the CUDA
-#: operator cases ~20 s. operators: 40 of our CUDA cases at 5-10 rounds of sub-ms work plus the CT
-#: matrices' set-up (1.2 s at 60 angles, 3x at 180); deepinv's 28 cases. race: per contender pair 3
-#: models x ~70 steps of ~100 ms plus tracked and op-counted steps.
+#: operator cases ~20 s. operators: 40 of our CUDA cases, each timed for BENCH_MAX_TIME_S (at least 5
+#: rounds), plus the CT matrices' set-up (1.2 s at 60 angles, 3x at 180); deepinv's 28 cases. race:
+#: per contender pair 3 models x ~70 steps of ~100 ms plus tracked and op-counted steps.
+#: ``--benchmark-max-time`` of the benchmark parts: the benchmarks time with ``benchmark(fn)``, whose
+#: rounds follow pytest-benchmark's options (default: a second per case), so the parts bound them here.
+BENCH_MAX_TIME_S = 0.1
 PART_ESTIMATE_S: dict[str, float] = {
     "probe": 5.0,
     "gpu-tests": 60.0,
@@ -186,10 +189,11 @@ def build_plan(
     tests_dir = repo_root / "tests"
     probe_code = f"from bench.gpu_check import probe; probe({str(out / 'probe' / 'environment.json')!r})"
 
-    op_args = ["-m", "gpu", f"--benchmark-json={out / 'operators' / 'benchmark.json'}"]
+    max_time = f"--benchmark-max-time={BENCH_MAX_TIME_S:g}"
+    op_args = ["-m", "gpu", max_time, f"--benchmark-json={out / 'operators' / 'benchmark.json'}"]
     if "deepinv" in skip:
         op_args += ["-k", "not deepinv"]
-    race_args = [f"--benchmark-json={out / 'race' / 'benchmark.json'}"]
+    race_args = [max_time, f"--benchmark-json={out / 'race' / 'benchmark.json'}"]
     if missing:
         race_args += ["-k", " and ".join(f"not {p}" for p in missing)]
     peers_in_race = [p for p in PEERS if p not in skip]

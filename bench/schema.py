@@ -29,7 +29,7 @@ COLUMNS: tuple[str, ...] = (
     "leaked_bytes", "steady_steps", "val_every", "patience", "min_delta_db", "lr_schedule", "steps_run",
     "best_step", "stopped_by", "val_psnr_db",
     "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
-    "noise_sigma", "operator_settings", "precision", "data",
+    "noise_sigma", "operator_settings", "precision", "data", "buffer_bytes", "warmup_kept_bytes",
 )  # fmt: skip
 #: Columns of NVML's view of a CUDA run (`bench.meters.nvml.nvml_columns`; empty off CUDA).
 NVML_COLUMNS: tuple[str, ...] = (
@@ -39,7 +39,7 @@ NVML_COLUMNS: tuple[str, ...] = (
 LATER_COLUMNS: tuple[str, ...] = (
     "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "val_every", "patience",
     "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db", *NVML_COLUMNS,
-    "noise_sigma", "operator_settings", "precision", "data",
+    "noise_sigma", "operator_settings", "precision", "data", "buffer_bytes", "warmup_kept_bytes",
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.

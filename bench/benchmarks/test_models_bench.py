@@ -1,14 +1,16 @@
 """Warm training steps of every model on every task at a few LU depths K.
 
 `pytest bench/ --benchmark-save=NAME` times one training step (forward, loss, backward, Adam step;
-synchronised on CUDA) per configuration, grouped by task, and stores in ``extra_info`` what the memory
-gate and the plots need: tracked peak bytes, allocator-level peak bytes (and their difference, the
-offset of kernel scratch the tracker cannot see, printed per configuration: it differs by model, so it
-is reported, never assumed), steady peak and leaked bytes over consecutive warm steps,
-saved-for-backward bytes, CUDA peak bytes (on GPU), solver iterations and the parameter count. Small
+synchronised on CUDA) per configuration with ``benchmark(step)`` (pytest-benchmark's round options,
+e.g. ``--benchmark-min-rounds``, decide the rounds), grouped by task, and stores in ``extra_info``
+what the memory gate and the plots need: tracked peak bytes, allocator-level peak bytes (and their
+difference, the offset of kernel scratch the tracker cannot see, printed per configuration: it
+differs by model, so it is reported, never assumed), steady peak and leaked bytes over consecutive
+warm steps, the bytes the warm-up steps leave alive, saved-for-backward bytes, CUDA peak bytes (on
+GPU), solver iterations (None for feed-forward models: JSON null) and the parameter count. Small
 sizes on CPU (32x32, batch 2, width 8); paper sizes when CUDA is present (128x128, batch 8, width 64,
-LU depth 17). Every configuration is built by the
-same `bench.harness.run.prepare` that sweeps use, so the numbers match a sweep's columns.
+LU depth 17). Every configuration is built by the same `bench.harness.run.prepare` that sweeps use,
+so the numbers match a sweep's columns.
 """
 
 from __future__ import annotations
@@ -62,8 +64,7 @@ def test_training_step(benchmark, task: str, model: str, keys: dict) -> None:
     if model == "classical":
         spec = dataclasses.replace(spec, reg_width=None)
     run = prepare(spec)
-    for _ in range(spec.warmup_steps):
-        run.step()
+    warmup_kept_bytes = run.warm_up(spec.warmup_steps)
     memory = run.measure_memory()
     benchmark.group = f"train step / {task} / {run.device.type}"
 
@@ -73,7 +74,7 @@ def test_training_step(benchmark, task: str, model: str, keys: dict) -> None:
             torch.cuda.synchronize()
         assert torch.isfinite(torch.tensor(result.loss))
 
-    benchmark.pedantic(step, rounds=5 if ON_GPU else 3, warmup_rounds=1, iterations=1)
+    benchmark(step)
     solver = solver_summary(run.last_stats())
     offset = None if memory.alloc_peak_bytes is None else memory.alloc_peak_bytes - memory.tracked_peak_bytes
     print(f"\n{task} {model} {keys}: allocator peak - tracked peak = {offset} bytes")
@@ -87,6 +88,7 @@ def test_training_step(benchmark, task: str, model: str, keys: dict) -> None:
         alloc_offset_bytes=offset,
         steady_peak_bytes=memory.steady_peak_bytes,
         leaked_bytes=memory.leaked_bytes,
+        warmup_kept_bytes=warmup_kept_bytes,
         steady_steps=memory.steady_steps,
         saved_bytes=memory.saved_bytes,
         cuda_peak_bytes=memory.cuda_peak_bytes,

@@ -7,9 +7,11 @@ discretisation, see ``tests/test_operators.py::test_ct_matches_deepinv_tomograph
 (padding "circular" / "constant") and its ``MRI`` with our mask.
 
 Each benchmark's group is ``<operator>/<device>/<size and batch>`` so ours and the peer's sit side by
-side. CPU timings use one thread (``CPU_THREADS``). For CT ``A+A_adjoint`` the speed-up over deepinv
-(its median over ours) goes to ``benchmark.extra_info["speedup_vs_deepinv"]``, from the peer's median
-cached by its own benchmark earlier in the run, or measured in the test when that one was deselected.
+side. Every timing is ``benchmark(fn)``, so pytest-benchmark's round options
+(``--benchmark-min-rounds``, ``--benchmark-max-time``) decide the rounds. CPU timings use one thread
+(``CPU_THREADS``). For CT ``A+A_adjoint`` the speed-up over deepinv (its median over ours) goes to
+``benchmark.extra_info["speedup_vs_deepinv"]``, from the peer's median cached by its own benchmark
+earlier in the run, or measured in the test when that one was deselected.
 Target, reported and never asserted: at batch 16 at least 3x on CPU and 2x on CUDA, at batch 1 at
 least 1x; without deepinv installed the ratio is None and the row says so. With
 ``--benchmark-disable`` every function runs once (and no ratio is computed). What is asserted is that
@@ -62,9 +64,8 @@ def _cpu_threads(benchmark):
     torch.set_num_threads(previous)
 
 
-def rounds_for(batch: int, heavy: bool = False) -> int:
-    """Few rounds for the slow CPU cases, so a full run stays in minutes."""
-    return 3 if heavy else (5 if batch > 1 else 10)
+#: Rounds of the peer's median when its own benchmark was deselected (timed in the test of ours).
+PEER_FALLBACK_ROUNDS = 3
 
 
 def timed(fn: Callable[[], Tensor], device: str) -> Callable[[], Tensor]:
@@ -80,8 +81,9 @@ def timed(fn: Callable[[], Tensor], device: str) -> Callable[[], Tensor]:
     return run
 
 
-def run_benchmark(benchmark, fn: Callable[[], Tensor], device: str, rounds: int) -> Tensor:
-    return benchmark.pedantic(timed(fn, device), rounds=rounds, warmup_rounds=1, iterations=1)
+def run_benchmark(benchmark, fn: Callable[[], Tensor], device: str) -> Tensor:
+    """Time ``fn`` (CUDA synchronised) with the session's round options; return its output."""
+    return benchmark(timed(fn, device))
 
 
 def median_s(benchmark) -> float | None:
@@ -165,9 +167,7 @@ def test_ct_deepinv(benchmark, device: str, n_angles: int, batch: int, which: st
     forward, adjoint = ct_peer_fns(n_angles, device)
     x = ct_input(n_angles, batch, device, which)
     fn = compose(forward, adjoint, which)
-    out = run_benchmark(
-        benchmark, lambda: fn(x), device, rounds_for(batch, heavy=batch > 1 and device == "cpu")
-    )
+    out = run_benchmark(benchmark, lambda: fn(x), device)
     ours = compose(*_ours_ct("csr", n_angles, device), which)(x)
     assert rel_diff(out, ours) < 1e-4  # the same discretisation
     if (median := median_s(benchmark)) is not None:
@@ -192,8 +192,7 @@ def test_ct(benchmark, device: str, n_angles: int, backend: str, batch: int, whi
     op, setup_s = ct_operator(backend, n_angles, device)
     x = ct_input(n_angles, batch, device, which)
     fn = compose(op.A, op.A_adjoint, which)
-    heavy = backend == "grid_sample" and batch > 1 and device == "cpu"
-    out = run_benchmark(benchmark, lambda: fn(x), device, rounds_for(batch, heavy))
+    out = run_benchmark(benchmark, lambda: fn(x), device)
     peer = compose(*ct_peer_fns(n_angles, device), which)(x)
     assert rel_diff(out, peer) < 1e-4  # deepinv's Tomography: the same discretisation
     benchmark.extra_info.update(impl=f"ours-{backend}", which=which, setup_s=round(setup_s, 3))
@@ -208,7 +207,7 @@ def test_ct(benchmark, device: str, n_angles: int, backend: str, batch: int, whi
         if key not in _PEER_MEDIAN_S:  # the peer's benchmark was deselected: time it here
             forward, adjoint = ct_peer_fns(n_angles, device)
             peer_fn = compose(forward, adjoint, which)
-            _PEER_MEDIAN_S[key] = manual_median_s(lambda: peer_fn(x), device, rounds_for(batch, True))
+            _PEER_MEDIAN_S[key] = manual_median_s(lambda: peer_fn(x), device, PEER_FALLBACK_ROUNDS)
         peer = _PEER_MEDIAN_S[key]
         benchmark.extra_info.update(
             deepinv_median_ms=round(peer * 1e3, 3),
@@ -246,7 +245,7 @@ def test_blur(benchmark, device: str, impl: str, boundary: str, batch: int, whic
     benchmark.group = f"blur/{device}/{IMAGE_SIZE}px-{boundary}-B{batch}"
     x = inputs((batch, 1, IMAGE_SIZE, IMAGE_SIZE), device)
     fn = compose(*blur_maps(impl, boundary, device), which)
-    out = run_benchmark(benchmark, lambda: fn(x), device, rounds_for(batch))
+    out = run_benchmark(benchmark, lambda: fn(x), device)
     other = compose(*blur_maps(OTHER_IMPL[impl], boundary, device), which)(x)
     assert rel_diff(out, other) < 1e-5
     benchmark.extra_info.update(impl=impl, which=which)
@@ -287,6 +286,6 @@ def test_mri(benchmark, device: str, impl: str, size: int, batch: int, which: st
         fn, arg, other = ours_fn, z, mri_complex(peer_fn(mri_real(z)))
     else:
         fn, arg, other = peer_fn, mri_real(z), mri_real(ours_fn(z))
-    out = run_benchmark(benchmark, lambda: fn(arg), device, rounds_for(batch))
+    out = run_benchmark(benchmark, lambda: fn(arg), device)
     assert rel_diff(out, other) < 1e-5
     benchmark.extra_info.update(impl=impl, which=which)

@@ -20,7 +20,8 @@ Iteration counts are fixed so that stopping rules cannot skew the race: every so
 ``solver_iters`` forward and ``solver_iters`` backward iterations (tolerances 0 for the peers, which
 stop on a strict ``<``, and 1e-30 for ours, checked by the solver stats).
 
-Measured per implementation: step time (``benchmark.pedantic``, CUDA synchronised inside the step),
+Measured per implementation: step time (``benchmark(step)``, so pytest-benchmark's round options
+decide the rounds; CUDA synchronised inside the step),
 tracked peak bytes of one warm step (``bench.meters.memory.LiveStorageTracker``), the allocator-level
 peak of another (``alloc_step_peak``: kernel scratch included), the steady peak and the leaked bytes
 over three more consecutive warm steps (``steady_memory``, cyclic collector paused: a graph a peer
@@ -31,7 +32,8 @@ device-independent proxy for kernel launches, the overhead that dominates small 
 fourth, ``bare`` contender (``_BareIFT``) does the cell work every contender must do and nothing else;
 its step time splits each contender's time into that floor and the machinery's overhead, and
 ``step_ms_peer / step_ms_bare`` bounds the speed-up any implementation could have over the peer. Ratios
-ours/theirs (time from interleaved rounds in the same process, peak, operator count) go to
+ours/theirs (time from interleaved rounds in the same process: ``RaceSize.rounds``, or
+``--benchmark-min-rounds`` when larger; peak, operator count) go to
 ``benchmark.extra_info``. The target (ours at least 1.5x faster than both at no more peak memory) is
 reported, never asserted; what is asserted is that the three compute the same step (outputs and
 gradients agree), so the race compares like with like, and that our step's tracked peak does not grow
@@ -54,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.benchmarks.common import dispatched_ops
 from bench.data.tasks import build_task
 from bench.meters.memory import LiveStorageTracker, alloc_step_peak, steady_memory
 from bench.meters.timing import synchronize
@@ -69,7 +72,7 @@ class RaceSize:
     n_iters: int  # K
     width: int
     solver_iters: int
-    rounds: int
+    rounds: int  # of the interleaved timing (at least --benchmark-min-rounds when benchmarking)
 
 
 CPU_SIZE = RaceSize(batch=4, image_size=32, n_iters=3, width=32, solver_iters=10, rounds=7)
@@ -249,25 +252,6 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
     return tracker.peak_bytes
 
 
-def _dispatched_ops(fn: Callable[[], object]) -> dict[str, int]:
-    """Operators dispatched by ``fn()`` below autograd (forward and backward), views excluded:
-    ``{"ops": total, "conv_ops": convolution forward + backward calls}``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    counts = {"ops": 0, "conv_ops": 0}
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not func.is_view:
-                counts["ops"] += 1
-                counts["conv_ops"] += func.name() in ("aten::convolution", "aten::convolution_backward")
-            return func(*args, **(kwargs or {}))
-
-    with Count():
-        fn()
-    return counts
-
-
 class _BareIFT(torch.autograd.Function):
     """The least work an IFT step can do at fixed iteration counts: ``n`` plain graph-free iterations
     ``z <- cell(z, v)`` from ``v``, and in backward one tracked ``cell(z*, v)``, ``n`` plain adjoint
@@ -372,7 +356,7 @@ def test_race_ours(benchmark):
 
     memory = _memory("ours", step, device)
     assert memory["leaked_bytes_ours"] == 0  # ours keeps nothing alive between steps
-    benchmark.pedantic(step, rounds=size.rounds, warmup_rounds=1, iterations=1)
+    benchmark(step)
     benchmark.extra_info.update(
         {"impl": "ours", "peak_bytes": peak, "meter": METER, "threads": torch.get_num_threads()}
         | memory
@@ -381,7 +365,7 @@ def test_race_ours(benchmark):
 
 
 @pytest.mark.parametrize("peer", PEERS)
-def test_race(benchmark, peer: str):
+def test_race(benchmark, pytestconfig: pytest.Config, peer: str):
     """Our step against ``peer``'s on the same cells: same output and gradients; time and memory ratios."""
     device = _device()
     size = _size(benchmark, device)
@@ -407,17 +391,19 @@ def test_race(benchmark, peer: str):
     peak_ours, peak_theirs = _peak_bytes(step_ours), _peak_bytes(step_theirs)
     memory = _memory("ours", step_ours, device) | _memory(peer, step_theirs, device)
     assert memory["leaked_bytes_ours"] == 0
-    ops_ours, ops_theirs = _dispatched_ops(step_ours), _dispatched_ops(step_theirs)
+    ops_ours, ops_theirs = dispatched_ops(step_ours), dispatched_ops(step_theirs)
     bare = make("bare")
     step_bare = lambda: _train_step(bare, x, y, device)  # noqa: E731
     step_bare()
 
     times_ours, times_theirs, times_bare = [], [], []
-    for _ in range(size.rounds):  # interleaved, so drifting machine load hits all alike
+    min_rounds = 0 if benchmark.disabled else pytestconfig.getoption("benchmark_min_rounds")
+    rounds = max(size.rounds, min_rounds)
+    for _ in range(rounds):  # interleaved, so drifting machine load hits all alike
         times_ours.append(_step_ms(step_ours, device))
         times_theirs.append(_step_ms(step_theirs, device))
         times_bare.append(_step_ms(step_bare, device))
-    benchmark.pedantic(step_theirs, rounds=size.rounds, warmup_rounds=0, iterations=1)
+    benchmark(step_theirs)
 
     step_ms_ours, step_ms_theirs = statistics.median(times_ours), statistics.median(times_theirs)
     step_ms_bare = statistics.median(times_bare)

@@ -15,10 +15,14 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
-   Static bytes: ``param_bytes`` (all parameters), ``grad_bytes`` (the gradients a step creates: one
+   Static bytes: ``param_bytes`` (all parameters), ``buffer_bytes`` (the model's buffers after
+   warm-up), ``grad_bytes`` (the gradients a step creates: one
    per trainable parameter, same size; they are freed by ``zero_grad(set_to_none=True)`` and so are
    already inside the tracked peak), ``optimizer_bytes`` (Adam state after warm-up),
-   ``operator_bytes`` (the operator's parameters and buffers, e.g. the CT matrix).
+   ``operator_bytes`` (the operator's parameters and buffers, e.g. the CT matrix). The warm-up steps
+   run under a `bench.meters.memory.LiveStorageTracker`: ``warmup_kept_bytes`` is what they created
+   and left alive (Adam's state, a cache a model builds on its first call and keeps, the last step's
+   solver statistics), which neither the per-step peaks nor the static sizes would show.
 3. "Would it fit?": with ``memory_budget_bytes``, the estimate of the device memory a training step
    needs is ``tracked_peak + resident``, where resident = model parameters and buffers + optimiser
    state + operator + the task's images (grads are in the tracked peak). Over budget: status ``oom``
@@ -158,6 +162,16 @@ class PreparedRun:
         check_finite(result, "a measurement step")
         return result
 
+    def warm_up(self, n_steps: int) -> int:
+        """Run `n_steps` steps (`step`); return the bytes of the storages they created that are still
+        alive after them (a `bench.meters.memory.LiveStorageTracker` around the steps)."""
+        from bench.meters.memory import LiveStorageTracker
+
+        with LiveStorageTracker() as tracker:
+            for _ in range(n_steps):
+                self.step()
+        return tracker.live_bytes
+
     def measure_memory(self, steady_steps: int | None = None) -> Any:
         """`bench.meters.memory.MemoryReport` of warm steps (run the warm-up steps first).
 
@@ -224,8 +238,8 @@ def _execute(
     row["param_bytes"] = _bytes(model.parameters())
     row["grad_bytes"] = _bytes(params)
 
-    for _ in range(spec.warmup_steps):
-        run.step()
+    row["warmup_kept_bytes"] = run.warm_up(spec.warmup_steps)
+    row["buffer_bytes"] = _bytes(model.buffers())
     row["optimizer_bytes"] = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
     mem = run.measure_memory()
     row.update(
