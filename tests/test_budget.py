@@ -1,22 +1,33 @@
-"""The memory estimate (bench/harness/run.py).
+"""The memory estimate and --memory-budget (bench/harness/run.py, bench/harness/results.py).
 
 - The estimate covers the whole run: for every run of the smoke preset, ``estimated_bytes`` is at
   least the peak of the CPU allocator over the entire run, measured independently in a fresh process.
+- An estimate over the budget is its own status, ``over_budget``, with the budget and the estimate in
+  their columns; a later sweep with another budget (or none) evaluates the run again, the same budget
+  skips it (with or without --retry-failed), and nothing already written is lost.
+- The analysis counts and marks ``over_budget`` like every other status that is not ``ok``.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from bench import cli
+from bench.harness.results import read_rows
 from bench.harness.run import SOLVER_STEP_MARGIN, MemoryEstimate, step_factor
 from bench.harness.specs import RunSpec, load_preset, normalise, spec_from_json, spec_to_json
+from bench.schema import OVER_BUDGET
 from models.deq import DEQStats
 from models.solvers import SolverStats
 
+FIXTURES = Path(__file__).parent / "fixtures"
 _END_MARK = "test_budget: the run returned"
 
 
@@ -154,3 +165,106 @@ def test_estimate_covers_the_whole_run_peak_of_every_smoke_run() -> None:
             if row["estimated_bytes"] < whole_bytes:
                 short.append(f"{_label(spec)}: estimated {row['estimated_bytes']} < whole run {whole_bytes}")
     assert not short, "\n".join(short)
+
+
+# ----------------------------------------------------------------------------- over_budget in sweeps
+
+TINY = (
+    '[defaults]\ntask = "deblur"\nmodel = "classical"\nmethod = "adjoint"\nimage_size = 16\n'
+    "batch_size = 1\nn_train = 2\nn_test = 1\nn_val = 1\nwarmup_steps = 1\ntimed_steps = 1\n"
+    'device = "cpu"\ncpu_threads = 1\n'
+)
+
+
+def _sweep(
+    sweep: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[list[dict[str, str]], str]:
+    """Run the sweep CLI; the rows of OUT/runs.csv and the sweep's summary line."""
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet", *extra]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("finished in ")
+    return read_rows(out / "runs.csv"), summary
+
+
+def test_over_budget_is_a_verdict_of_its_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "tiny.toml"
+    sweep.write_text(TINY)
+    out = tmp_path / "out"
+
+    rows, summary = _sweep(sweep, out, capsys, "--memory-budget", "1000")
+    assert [r["status"] for r in rows] == [OVER_BUDGET]
+    first = rows[0]
+    assert first["memory_budget_bytes"] == "1000" and int(first["estimated_bytes"]) > 1000
+    estimated = first["estimated_bytes"]
+    assert first["error"].startswith(f"would not fit: estimated {estimated} bytes > budget 1000 bytes")
+    assert first["train_s"] == first["psnr_db"] == first["step_ms_median"] == ""  # stopped before them
+    assert "1 over_budget" in summary and "another --memory-budget runs them again" in summary
+
+    # the same budget: a result, with or without --retry-failed
+    assert _sweep(sweep, out, capsys, "--memory-budget", "1000", "--retry-failed")[0] == rows
+    assert _sweep(sweep, out, capsys, "--memory-budget", "1KB")[0] == rows  # 1KB is 1000 bytes
+    # another budget evaluates it again (a new row; the first one stays)
+    rows, _ = _sweep(sweep, out, capsys, "--memory-budget", "2000", "--retry-failed")
+    assert [(r["status"], r["memory_budget_bytes"]) for r in rows] == [
+        (OVER_BUDGET, "1000"),
+        (OVER_BUDGET, "2000"),
+    ]
+    assert _sweep(sweep, out, capsys, "--memory-budget", "2000")[0] == rows
+    # no budget: it runs, and an ok row is a result whatever the next budget
+    rows, summary = _sweep(sweep, out, capsys)
+    assert [r["status"] for r in rows] == [OVER_BUDGET, OVER_BUDGET, "ok"]
+    assert rows[-1]["memory_budget_bytes"] == "" and int(rows[-1]["estimated_bytes"]) > 2000
+    assert rows[-1]["psnr_db"] != "" and "1 ok" in summary and "over" not in summary
+    assert _sweep(sweep, out, capsys, "--memory-budget", "1000")[0] == rows
+
+
+def _fixture_with_one_over_budget(path: Path) -> dict[str, str]:
+    """The fixture table (written before the budget columns) with one ct LU K=10 profile run turned
+    ``over_budget``, written to `path`; returns that row."""
+    with (FIXTURES / "runs_fixture.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns, rows = list(reader.fieldnames or []), list(reader)
+    assert "memory_budget_bytes" not in columns
+    target = next(
+        r for r in rows if (r["task"], r["model"], r["part"], r["n_iters"]) == ("ct", "lu", "profile", "10")
+    )
+    target.update(status=OVER_BUDGET, error="would not fit: estimated 9 bytes > budget 8 bytes (...)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def test_an_over_budget_row_without_its_budget_is_evaluated_again(tmp_path: Path) -> None:
+    """A table without the budget columns reads them as empty; its rows stay finished, except an
+    ``over_budget`` row, whose budget is unknown: any sweep evaluates it again."""
+    from bench.harness.results import finished_run_ids
+
+    csv_path = tmp_path / "runs.csv"
+    target = _fixture_with_one_over_budget(csv_path)
+    rows = read_rows(csv_path)
+    assert all(r["memory_budget_bytes"] == r["estimated_bytes"] == "" for r in rows)
+    others = {r["run_id"] for r in rows} - {target["run_id"]}
+    for budget in (None, 8, 2**30):
+        assert finished_run_ids(csv_path, memory_budget_bytes=budget) == others
+
+
+def test_analysis_counts_and_marks_over_budget_runs(tmp_path: Path) -> None:
+    from bench.analysis import figures, report, runtable
+
+    sweep = tmp_path / "sweep"
+    target = _fixture_with_one_over_budget(sweep / "runs.csv")
+    runs = runtable.load_runs(sweep)
+    assert (runs["status"] == OVER_BUDGET).sum() == 1
+    fig = figures.draw("memory_vs_k", runs)
+    marked = [t for ax in fig.axes for t in ax.texts if t.get_text() == OVER_BUDGET]
+    assert len(marked) == 1  # drawn as a failed run with its status beside it
+    assert report.main(argparse.Namespace(dir=sweep, psnr_tol_db=0.5)) == 0
+    text = (sweep / "report.md").read_text()
+    source = next(line for line in text.splitlines() if line.startswith("Source: "))
+    assert f"{OVER_BUDGET} 1" in source  # counted among the failed runs
+    failed = text[text.index("## Failed runs") :]
+    line = next(line for line in failed.splitlines() if f"`{target['run_id']}`" in line)
+    assert f"**{OVER_BUDGET}**" in line and "would not fit" in line

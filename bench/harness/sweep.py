@@ -120,6 +120,7 @@ def _out_error(out: Path) -> str | None:
 def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str:
     """Counts per status of the sweep's runs and how many are still to run (failures apart)."""
     from bench.harness.results import RETRYABLE, STATUSES, latest_rows
+    from bench.schema import OVER_BUDGET
 
     latest = latest_rows(csv_path)
     statuses = [latest[s.run_id]["status"] for s in specs if s.run_id in latest]
@@ -129,6 +130,8 @@ def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str
     line = f"finished in {elapsed_s:.1f} s: {counts or 'no rows'}; {todo} run(s) still to run"
     if failed:
         line += f" ({failed} failed: --retry-failed runs them again)"
+    if OVER_BUDGET in statuses:
+        line += f" ({statuses.count(OVER_BUDGET)} over budget: another --memory-budget runs them again)"
     return line
 
 
@@ -152,7 +155,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     csv_path = out / "runs.csv"
     try:
-        done = finished_run_ids(csv_path, retry_failed=args.retry_failed)
+        done = finished_run_ids(
+            csv_path, retry_failed=args.retry_failed, memory_budget_bytes=args.memory_budget
+        )
     except (OSError, ValueError) as err:
         print(f"error: cannot read {csv_path}: {err}", file=sys.stderr)
         return 2
