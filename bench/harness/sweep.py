@@ -48,10 +48,17 @@ def parse_size(text: str) -> int:
 
 
 def size_arg(text: str) -> int:
+    """argparse type of --memory-budget: a size (`parse_size`) of at least one byte. A budget of 0
+    (or one that rounds to 0 bytes) would mark every run over budget, so it is refused here."""
     try:
-        return parse_size(text)
+        n_bytes = parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if n_bytes <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive size (at least 1 byte), e.g. 24GiB or 1.5GB, got {text!r}"
+        )
+    return n_bytes
 
 
 def _positive_float(text: str) -> float:
@@ -77,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="local is an alias of sequential (default)",
     )
     p.add_argument(
-        "--memory-budget", type=size_arg, help="e.g. 24GiB: runs that would not fit get status oom"
+        "--memory-budget",
+        type=size_arg,
+        help="e.g. 24GiB (> 0): runs whose estimate would not fit get status over_budget",
     )
     p.add_argument("--run-timeout", type=_positive_float, help="kill a run after S seconds (status timeout)")
     p.add_argument("--workers", type=int, default=1, help="pool launcher without GPUs: CPU workers")
