@@ -8,7 +8,7 @@ Torch-free and importing nothing from the project, so the analysis (pandas only)
   ``stopped_by``; the learning-curve columns (`CURVE_COLUMNS`);
 - the spec keys that are model config keys (`MODEL_KEYS`, fields of `bench.harness.specs.RunSpec`);
 - the fault names a spec may inject (`FAULT_NAMES`, the keys of `bench.harness.faults.FAULTS`);
-- the statuses a row may have;
+- the statuses a row may have (`OVER_BUDGET` among them);
 - the display orders of tasks, models and backward modes (the registries' own order: `TASKS`,
   `models.MODELS`, `models.deq.BACKWARD_MODES`).
 
@@ -30,16 +30,24 @@ COLUMNS: tuple[str, ...] = (
     "best_step", "stopped_by", "val_psnr_db",
     "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
     "noise_sigma", "operator_settings", "precision", "data", "buffer_bytes", "warmup_kept_bytes",
+    "memory_budget_bytes", "estimated_bytes", "setup_peak_bytes", "resident_bytes",
 )  # fmt: skip
 #: Columns of NVML's view of a CUDA run (`bench.meters.nvml.nvml_columns`; empty off CUDA).
 NVML_COLUMNS: tuple[str, ...] = (
     "nvml_device_name", "nvml_driver_version", "nvml_process_used_bytes", "nvml_used_bytes", "nvml_status",
+)  # fmt: skip
+#: Columns of the memory estimate (bench/harness/run.py): the --memory-budget the run was checked
+#: against (empty without one), the estimate of the run's whole device-memory peak, and two of its
+#: terms, the allocator-level peak of setting the run up and what is resident before its steps.
+BUDGET_COLUMNS: tuple[str, ...] = (
+    "memory_budget_bytes", "estimated_bytes", "setup_peak_bytes", "resident_bytes",
 )  # fmt: skip
 #: Columns added after the first ones: a table written before them reads them as not measured.
 LATER_COLUMNS: tuple[str, ...] = (
     "alloc_peak_bytes", "steady_peak_bytes", "leaked_bytes", "steady_steps", "val_every", "patience",
     "min_delta_db", "lr_schedule", "steps_run", "best_step", "stopped_by", "val_psnr_db", *NVML_COLUMNS,
     "noise_sigma", "operator_settings", "precision", "data", "buffer_bytes", "warmup_kept_bytes",
+    *BUDGET_COLUMNS,
 )  # fmt: skip
 
 #: Columns copied from the normalised spec (effective values), in COLUMNS order.
@@ -66,9 +74,13 @@ STOP_REASONS: tuple[str, ...] = ("plateau", "max_steps")
 #: The learning curves beside the run table (``DIR/curves.csv``, `bench.harness.curves`), in CSV order.
 CURVE_COLUMNS: tuple[str, ...] = ("run_id", "step", "train_loss", "val_psnr_db", "elapsed_s", "lr")
 
+#: The status of a run whose memory estimate is over the sweep's --memory-budget (it was not trained):
+#: a verdict of that budget, not of the configuration. ``oom`` is a real out-of-memory error.
+OVER_BUDGET = "over_budget"
 #: A row's status: the run's outcome.
-STATUSES: tuple[str, ...] = ("ok", "oom", "diverged", "error", "timeout")
-#: Statuses a sweep with `--retry-failed` runs again (the others are results of the configuration).
+STATUSES: tuple[str, ...] = ("ok", "oom", OVER_BUDGET, "diverged", "error", "timeout")
+#: Statuses a sweep with `--retry-failed` runs again (the others are results of the configuration;
+#: an OVER_BUDGET row is run again by a sweep with another budget, with or without --retry-failed).
 RETRYABLE: frozenset[str] = frozenset({"error", "timeout"})
 
 #: RunSpec fields that are model config keys (CSV columns or common knobs), in RunSpec's order.

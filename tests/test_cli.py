@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -36,6 +37,27 @@ def test_parse_size(text: str, n_bytes: int) -> None:
 def test_parse_size_rejects_bad_sizes(text: str) -> None:
     with pytest.raises(ValueError, match="KiB, MiB, GiB"):
         sweep.parse_size(text)
+
+
+def test_parse_size_accepts_zero_but_a_budget_must_be_positive() -> None:
+    assert sweep.parse_size("0") == 0 and sweep.parse_size("0GiB") == 0  # a size may be 0 ...
+    assert sweep.size_arg("1") == 1 and sweep.size_arg("0.5KB") == 500
+    for text in ("0", "0GiB", "0.4"):  # ... a budget may not (0.4 bytes rounds to 0)
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a positive size"):
+            sweep.size_arg(text)
+
+
+@pytest.mark.parametrize("budget", ["0", "0MiB", "-1GiB", "0.1"])
+def test_a_budget_of_zero_or_less_exits_2_naming_what_is_accepted(
+    budget: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), f"--memory-budget={budget}"]) == 2
+    err = capsys.readouterr().err
+    assert "--memory-budget" in err and repr(budget) in err
+    assert "positive size" in err or "KiB, MiB, GiB" in err  # "-1GiB" is no size at all
+    assert "e.g. 24GiB" in err
+    assert not out.exists()
 
 
 BAD_SWEEPS = {

@@ -21,6 +21,7 @@ from matplotlib.image import imread
 from matplotlib.text import Text
 
 from bench.analysis import compare, figures, plots, report, runtable
+from bench.schema import STATUSES
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 CURVES_FIXTURE = Path(__file__).parent / "fixtures" / "curves.csv"  # beside FIXTURE: K=5 LU-5/17, LUSER
@@ -251,7 +252,7 @@ def test_failed_runs_are_marked_on_the_memory_figure(runs) -> None:
     marks = set()
     for ax in fig.axes:
         xs = [line for line in ax.get_lines() if line.get_marker() == "x"]
-        statuses = [t for t in ax.texts if t.get_text() in {"oom", "diverged", "error", "timeout"}]
+        statuses = [t for t in ax.texts if t.get_text() in set(STATUSES) - {"ok"}]
         assert len(xs) == len(statuses), ax.get_title()  # every x has its status written beside it
         for line, text in zip(xs, statuses, strict=True):
             config = next(c for c in style.order if style.color(c) == line.get_color())

@@ -36,9 +36,11 @@ def test_column_groups_are_ordered_parts_of_the_row() -> None:
     assert len(set(schema.COLUMNS)) == len(schema.COLUMNS)
     assert schema.COLUMNS[:3] == ("run_id", "status", "error")
     groups = (schema.SPEC_COLUMNS, schema.ENV_COLUMNS, schema.SOLVER_COLUMNS, schema.STRING_COLUMNS)
-    for group in (*groups, schema.PROBLEM_COLUMNS, schema.LATER_COLUMNS):
+    for group in (*groups, schema.PROBLEM_COLUMNS, schema.LATER_COLUMNS, schema.BUDGET_COLUMNS):
         assert _is_subsequence(group, schema.COLUMNS), group
     assert schema.RETRYABLE < set(schema.STATUSES)
+    assert set(schema.BUDGET_COLUMNS) <= set(schema.LATER_COLUMNS)  # older tables lack them
+    assert schema.OVER_BUDGET in set(schema.STATUSES) - schema.RETRYABLE - {"oom"}
 
 
 def test_spec_keys_are_runspec_fields_with_the_model_configs_types() -> None:

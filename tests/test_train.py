@@ -151,7 +151,7 @@ def test_train_raises_diverged_on_nan_loss() -> None:
     [
         ("nan", None, "diverged", "non-finite loss"),
         ("oom", None, "oom", "OutOfMemoryError"),
-        ("", 1024, "oom", "> budget 1024 bytes"),
+        ("", 1024, "over_budget", "> budget 1024 bytes"),
     ],
 )
 def test_failures_become_statuses(inject: str, budget: int | None, status: str, needle: str) -> None:

@@ -72,10 +72,13 @@ class LaunchOptions:
     start: str = "forkserver"  # a key of STARTERS
 
 
-def failure_row(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
-    """A row for a run whose process produced none (crash, timeout): spec columns + environment."""
+def failure_row(
+    spec: RunSpec, status: str, error: str, *, memory_budget_bytes: int | None = None
+) -> dict[str, Any]:
+    """A row for a run whose process produced none (crash, timeout): spec columns + environment, and
+    the --memory-budget the run was started with."""
     row: dict[str, Any] = spec_columns(spec)
-    row.update(status=status, error=error)
+    row.update(status=status, error=error, memory_budget_bytes=memory_budget_bytes)
     try:
         from bench.meters.environment import environment_columns
 
@@ -166,7 +169,12 @@ def run_in_fresh_process(
 
     curve: list[dict[str, Any]] = []
     if timed_out:
-        row = failure_row(spec, "timeout", f"run exceeded --run-timeout {run_timeout_s:g} s and was killed")
+        row = failure_row(
+            spec,
+            "timeout",
+            f"run exceeded --run-timeout {run_timeout_s:g} s and was killed",
+            memory_budget_bytes=memory_budget_bytes,
+        )
     elif code == 0 and row_path.exists():
         row = json.loads(row_path.read_text())
         curve = json.loads(curve_path_of(row_path).read_text())
@@ -180,6 +188,7 @@ def run_in_fresh_process(
             death_text(code or 0)
             + (f"; last log line: {last}" if last else "")
             + f" (log: {log_path})",
+            memory_budget_bytes=memory_budget_bytes,
         )
     write_curve(out_dir / CURVES_FILE, run_id, curve)  # before the row: a row means a whole curve
     append_row(csv_path, row)

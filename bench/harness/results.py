@@ -19,9 +19,11 @@ extra trailing columns the header names (or omit them), and a malformed row is d
 warning naming its line. `read_rows` is `read_table` for `runs.csv`. Several rows may share a run_id
 (a retried failure appends a new row): readers take the last row per run_id (`latest_rows`).
 
-Resuming: a sweep skips every run_id already present, whatever its status. With `retry_failed`,
-run_ids whose latest row is `error` or `timeout` are run again (their new row is appended); `ok`,
-`oom` and `diverged` are results, never retried.
+Resuming: a sweep skips every run_id already present, whatever its status, with one exception: a
+row with status `over_budget` is a verdict of the --memory-budget it was checked against (its
+`memory_budget_bytes`), so a sweep with another budget, or none, runs it again; the same budget
+skips it. With `retry_failed`, run_ids whose latest row is `error` or `timeout` are run again (their
+new row is appended); `ok`, `oom` and `diverged` are results, never retried.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.schema import COLUMNS, LATER_COLUMNS, RETRYABLE, STATUSES
+from bench.schema import COLUMNS, LATER_COLUMNS, OVER_BUDGET, RETRYABLE, STATUSES
 
 
 class WriteError(OSError):
@@ -269,10 +271,28 @@ def latest_rows(path: str | Path) -> dict[str, dict[str, str]]:
     return {row["run_id"]: row for row in read_rows(path)}
 
 
-def finished_run_ids(path: str | Path, *, retry_failed: bool = False) -> set[str]:
-    """run_ids a sweep should skip: all present, or with retry_failed all but error/timeout."""
-    return {
-        run_id
-        for run_id, row in latest_rows(path).items()
-        if not (retry_failed and row["status"] in RETRYABLE)
-    }
+def _budget_of(row: Mapping[str, str]) -> int | None:
+    """A row's ``memory_budget_bytes``: None when empty (tables written before the column) or not a
+    number, so such an ``over_budget`` row is evaluated again rather than trusted."""
+    try:
+        return int(float((row.get("memory_budget_bytes") or "").strip()))
+    except (ValueError, OverflowError):
+        return None
+
+
+def finished_run_ids(
+    path: str | Path, *, retry_failed: bool = False, memory_budget_bytes: int | None = None
+) -> set[str]:
+    """run_ids a sweep with `memory_budget_bytes` (None: no budget) should skip: all present, but an
+    `over_budget` row only when its recorded budget is this same budget, and with retry_failed none
+    whose latest row is error/timeout."""
+    done = set()
+    for run_id, row in latest_rows(path).items():
+        if retry_failed and row["status"] in RETRYABLE:
+            continue
+        if row["status"] == OVER_BUDGET:
+            budget = _budget_of(row)
+            if budget is None or budget != memory_budget_bytes:
+                continue  # a verdict of another budget (or of one not recorded): evaluated again
+        done.add(run_id)
+    return done

@@ -6,13 +6,15 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    and the model (`models.build_model` with exactly ``spec.model_kwargs()``), the model under
    ``torch.random.fork_rng()`` + ``torch.manual_seed`` of the run's ``model_init`` stream
    (`bench.data.seeds`): its initialisation is reproducible and the caller's global RNG state is
-   left untouched.
+   left untouched. The task's held-out measurements (validation and test, cached by the task) are
+   made here too, and a CPU copy of the model's initial state is taken; all of it at the allocator
+   (`bench.meters.memory.alloc_call`): the peak of the build and what it leaves resident.
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
    ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
-   here), then one warm step under `bench.meters.memory.measure_step_memory` (tracked peak,
-   saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks, then NVML's
-   view: `nvml_columns`), then
-   ``timed_steps`` timed steps
+   here; at the allocator too), then one warm step under `bench.meters.memory.measure_step_memory`
+   (tracked peak, saved-for-backward bytes, and on CUDA a second warm step for the allocator peaks,
+   then NVML's view: `nvml_columns`), then the allocator-level peak of one evaluation batch
+   (`bench.harness.train.evaluate` with ``max_batches=1``), then ``timed_steps`` timed steps
    (`bench.meters.timing.time_steps`: median and IQR in ms). Models without parameters (classical) run
    forward-only steps. With ``warmup_steps = 0`` the measured step also creates Adam's state.
    Static bytes: ``param_bytes`` (all parameters), ``buffer_bytes`` (the model's buffers after
@@ -23,10 +25,11 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    run under a `bench.meters.memory.LiveStorageTracker`: ``warmup_kept_bytes`` is what they created
    and left alive (Adam's state, a cache a model builds on its first call and keeps, the last step's
    solver statistics), which neither the per-step peaks nor the static sizes would show.
-3. "Would it fit?": with ``memory_budget_bytes``, the estimate of the device memory a training step
-   needs is ``tracked_peak + resident``, where resident = model parameters and buffers + optimiser
-   state + operator + the task's images (grads are in the tracked peak). Over budget: status ``oom``
-   with "estimated X bytes > budget Y bytes" and no timing or training.
+3. "Would it fit?": every run gets ``estimated_bytes``, a conservative estimate of the whole run's
+   peak of device memory (`MemoryEstimate`: the larger of the set-up peak and what is resident plus
+   a step, plus `CUDA_OVERHEAD_BYTES` on CUDA). With ``memory_budget_bytes`` (recorded in the row) an
+   estimate over the budget stops the run with status ``over_budget`` and "would not fit: estimated X
+   bytes > budget Y bytes (...)": no timing, no training.
 4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
    measurement steps, so they do not leak into training) and trained by `bench.harness.train.train` for
    at most ``steps`` steps with a fresh Adam (validation, plateau stopping and the learning-rate
@@ -40,7 +43,8 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
 ``spec.cpu_threads`` sets torch's intra-op threads for the run (restored afterwards): on a small
 shared CPU, tiny ops run far faster on one thread than on a contended pool.
 
-Failures become statuses, never exceptions: an out-of-memory error (``torch.OutOfMemoryError``, or a
+Failures become statuses, never exceptions: an estimate over the budget -> ``over_budget``; an
+out-of-memory error (``torch.OutOfMemoryError``, or a
 CPU allocator failure) -> ``oom``; `bench.harness.train.Diverged` (NaN/inf loss or parameters, a solver
 blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`` with
 ``"Type: message"``.
@@ -50,7 +54,9 @@ blow-up, a non-finite reconstruction) -> ``diverged``; anything else -> ``error`
 
 from __future__ import annotations
 
+import math
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +76,79 @@ from bench.harness.train import (
     train,
     train_step,
 )
-from bench.schema import COLUMNS, SOLVER_COLUMNS
+from bench.schema import COLUMNS, OVER_BUDGET, SOLVER_COLUMNS, SOLVER_MODELS
 
 
 class BudgetExceeded(RuntimeError):
-    """The estimated memory of a training step is over the --memory-budget."""
+    """The estimated memory of the run is over the --memory-budget (status ``over_budget``)."""
+
+
+# ----------------------------------------------------------------------------- the memory estimate
+
+#: Device memory a CUDA process holds outside the caching allocator's allocated bytes, which are all
+#: that the allocator-level peaks count: the CUDA context (driver state and the kernel images it
+#: loads), the cuBLAS and cuDNN handles with their workspaces, and the caching allocator's own slack
+#: (blocks rounded up, segments reserved but not handed out). The context alone is several hundred MiB
+#: on current GPUs and grows as libraries load their kernels, so one GiB is added to every CUDA
+#: estimate. Off CUDA the estimate is host memory, and the process's own overhead is not counted.
+CUDA_OVERHEAD_BYTES = 2**30
+
+#: Extra fraction of the measured step peak for models that solve fixed points (`SOLVER_MODELS`). Such
+#: a step allocates per solver iteration (Anderson's mixing terms from the second iteration on, another
+#: path once some samples of a batch have converged and others not), and how many iterations its
+#: solves take changes as the weights train, so a later step can peak above the measured warm one.
+SOLVER_STEP_MARGIN = 0.25
+
+
+def step_factor(spec: RunSpec, stats: Sequence[Any]) -> float:
+    """What the estimate multiplies the measured step peak by: 1 for models without fixed-point solves,
+    ``1 + SOLVER_STEP_MARGIN`` for those with; with ``backward = "unrolled"`` (whose graph grows with
+    every forward iteration) also ``max_iter`` over the fewest forward iterations of a measured solve
+    (`stats`: the warm step's DEQ stats; none measured counts as one iteration)."""
+    if spec.model not in SOLVER_MODELS:
+        return 1.0
+    factor = 1.0 + SOLVER_STEP_MARGIN
+    if spec.backward == "unrolled" and spec.max_iter is not None:
+        fewest = min((int(st.forward.iters) for st in stats), default=1)
+        factor *= spec.max_iter / max(1, fewest)
+    return factor
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A conservative estimate of a run's whole peak of device memory, from allocator-level meters.
+
+    setup_peak_bytes: the peak of building the task, the model and the held-out measurements, and of
+    the warm-up steps after it (``max(build peak, build end + warm-up peak)``): task building can
+    dwarf a step (the CT operator's matrix is assembled through temporaries many times its size).
+    resident_bytes: what is allocated between steps: what the build left (the task's images and
+    cached measurements, the operator, the model, the measurement batch, the data sources a task
+    caches, on CPU the copy of the initial state), the optimiser state, and what the measured steps
+    left alive. step_bytes: the allocator-level peak of a warm step (``alloc_peak_bytes``) or of one
+    evaluation batch, whichever is larger, times `step_factor`. batch_bytes: what the training loop
+    holds beside a step (its own batch of images and measurements, its batch order, on CPU with
+    patience the copy of the best weights; 0 for a run that does not train). overhead_bytes:
+    `CUDA_OVERHEAD_BYTES` on CUDA, else 0.
+    """
+
+    setup_peak_bytes: int
+    resident_bytes: int
+    step_bytes: int
+    batch_bytes: int
+    overhead_bytes: int
+
+    @property
+    def estimated_bytes(self) -> int:
+        steps = self.resident_bytes + self.step_bytes + self.batch_bytes
+        return max(self.setup_peak_bytes, steps) + self.overhead_bytes
+
+    def describe(self) -> str:
+        """The estimate's terms in words, for the message of an over-budget row."""
+        cuda = f" + CUDA overhead {self.overhead_bytes}" if self.overhead_bytes else ""
+        return (
+            f"the larger of the set-up peak {self.setup_peak_bytes} and resident {self.resident_bytes}"
+            f" + step {self.step_bytes} + training batch {self.batch_bytes}{cuda}"
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -220,25 +294,52 @@ def prepare(spec: RunSpec) -> PreparedRun:
     return PreparedRun(spec, device, task, model, optimizer, x, y)
 
 
+def _build(spec: RunSpec) -> tuple[PreparedRun, dict[str, torch.Tensor]]:
+    """`prepare` plus the task's held-out measurements (cached by the task from here on, so they are
+    part of what the build leaves resident) and a CPU copy of the model's initial state."""
+    run = prepare(spec)
+    for split in ("val", "test"):
+        run.task.measurements(split)
+    init_state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+    return run, init_state
+
+
+def _training_bytes(spec: RunSpec, run: PreparedRun, *, copies_best: bool) -> int:
+    """What the training loop holds beside a step (the estimate's ``batch_bytes``): its own batch of
+    images and measurements (made beside the measurement batch, the same sizes), the batch order
+    it draws before the loop, and with patience (``copies_best``: on CPU, where the copy of the best
+    weights is device memory) a copy of the model's state."""
+    from bench.harness.train import batch_order_bytes
+    from bench.meters.memory import module_bytes
+
+    if spec.steps <= 0 or run.optimizer is None:
+        return 0
+    held = _bytes([run.x, run.y]) + batch_order_bytes(len(run.task.x_train), spec.batch_size, spec.steps)
+    return held + (module_bytes(run.model) if copies_best and spec.patience > 0 else 0)
+
+
 def _execute(
     spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None, curve: list[CurvePoint]
 ) -> None:
     from bench.meters.environment import environment_columns
-    from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.memory import alloc_call, alloc_step_peak, module_bytes, optimizer_state_bytes
     from bench.meters.nvml import nvml_columns
     from bench.meters.timing import time_steps
 
     row.update(environment_columns(resolve_device(spec)))
-    run = prepare(spec)
+    built: list[tuple[PreparedRun, dict[str, torch.Tensor]]] = []
+    build = alloc_call(lambda: built.append(_build(spec)), resolve_device(spec))
+    run, init_state = built.pop()
     device, task, model, op = run.device, run.task, run.model, run.task.operator
     row["operator_bytes"] = module_bytes(op)
-    init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     params = [p for p in model.parameters() if p.requires_grad]
     row["params"] = run.params
     row["param_bytes"] = _bytes(model.parameters())
     row["grad_bytes"] = _bytes(params)
 
-    row["warmup_kept_bytes"] = run.warm_up(spec.warmup_steps)
+    kept: list[int] = []  # what the warm-up steps leave alive (tracker), beside the allocator view
+    warm = alloc_call(lambda: kept.append(run.warm_up(spec.warmup_steps)), device)
+    row["warmup_kept_bytes"] = kept[0]
     row["buffer_bytes"] = _bytes(model.buffers())
     row["optimizer_bytes"] = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
     mem = run.measure_memory()
@@ -253,16 +354,34 @@ def _execute(
         steady_steps=mem.steady_steps,
     )
     row.update(nvml_columns(device))  # the driver's view after the measured steps (None off CUDA)
-    if memory_budget_bytes is not None:
-        resident = module_bytes(model) + row["optimizer_bytes"] + row["operator_bytes"]
-        resident += _bytes([task.x_train, task.x_test])
-        estimate = mem.tracked_peak_bytes + resident
-        if estimate > memory_budget_bytes:
-            raise BudgetExceeded(
-                f"would not fit: estimated {estimate} bytes (tracked peak {mem.tracked_peak_bytes}"
-                f" + resident {resident}: model, optimiser state, operator, images)"
-                f" > budget {memory_budget_bytes} bytes"
-            )
+    def score_one_batch() -> None:
+        try:
+            evaluate(model, task, spec.batch_size, max_batches=1)
+        except Diverged:
+            pass  # only its memory is wanted here: the reconstruction is judged after training
+
+    eval_bytes = alloc_step_peak(score_one_batch, device)
+    optimizer_bytes = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
+    on_cpu = device.type == "cpu"
+    step_peak_bytes = max(mem.alloc_peak_bytes or 0, eval_bytes)
+    estimate = MemoryEstimate(
+        setup_peak_bytes=max(build.peak_bytes, build.end_bytes + warm.peak_bytes),
+        # with warmup_steps = 0 the optimiser state is made by the measured steps, after the window
+        resident_bytes=build.end_bytes + max(warm.end_bytes, optimizer_bytes) + (mem.leaked_bytes or 0),
+        step_bytes=math.ceil(step_peak_bytes * step_factor(spec, run.last_stats())),
+        batch_bytes=_training_bytes(spec, run, copies_best=on_cpu),
+        overhead_bytes=CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0,
+    )
+    row.update(
+        estimated_bytes=estimate.estimated_bytes,
+        setup_peak_bytes=estimate.setup_peak_bytes,
+        resident_bytes=estimate.resident_bytes,
+    )
+    if memory_budget_bytes is not None and estimate.estimated_bytes > memory_budget_bytes:
+        raise BudgetExceeded(
+            f"would not fit: estimated {estimate.estimated_bytes} bytes > budget {memory_budget_bytes}"
+            f" bytes ({estimate.describe()})"
+        )
     if spec.timed_steps > 0:
         times = time_steps(run.step, n_warmup=0, n_steps=spec.timed_steps, device=device)
         row["step_ms_median"] = times.median_ms
@@ -309,7 +428,8 @@ def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[s
     """Run one spec in this process and return its full CSV row (every column of
     bench.schema.COLUMNS).
 
-    Never raises for a failed run: the failure is the row's status (ok, oom, diverged, error).
+    Never raises for a failed run: the failure is the row's status (ok, oom, over_budget, diverged,
+    error).
     """
     return run_with_curve(spec, memory_budget_bytes=memory_budget_bytes)[0]
 
@@ -320,7 +440,7 @@ def run_with_curve(
     """`run_spec`'s row and the run's learning curve (empty when it did not train to the end)."""
     curve: list[CurvePoint] = []
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(status="ok", error="")
+    row.update(status="ok", error="", memory_budget_bytes=memory_budget_bytes)
     threads = torch.get_num_threads()
     try:
         if spec.cpu_threads is not None:
@@ -331,7 +451,7 @@ def run_with_curve(
     except Diverged as err:
         row.update(status="diverged", error=f"Diverged: {err}")
     except BudgetExceeded as err:
-        row.update(status="oom", error=str(err))
+        row.update(status=OVER_BUDGET, error=str(err))
     except Exception as err:
         status = "oom" if is_oom(err) else "error"
         row.update(status=status, error=f"{type(err).__name__}: {err}")

@@ -48,10 +48,17 @@ def parse_size(text: str) -> int:
 
 
 def size_arg(text: str) -> int:
+    """argparse type of --memory-budget: a size (`parse_size`) of at least one byte. A budget of 0
+    (or one that rounds to 0 bytes) would mark every run over budget, so it is refused here."""
     try:
-        return parse_size(text)
+        n_bytes = parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    if n_bytes <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive size (at least 1 byte), e.g. 24GiB or 1.5GB, got {text!r}"
+        )
+    return n_bytes
 
 
 def _positive_float(text: str) -> float:
@@ -77,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="local is an alias of sequential (default)",
     )
     p.add_argument(
-        "--memory-budget", type=size_arg, help="e.g. 24GiB: runs that would not fit get status oom"
+        "--memory-budget",
+        type=size_arg,
+        help="e.g. 24GiB (> 0): runs whose estimate would not fit get status over_budget",
     )
     p.add_argument("--run-timeout", type=_positive_float, help="kill a run after S seconds (status timeout)")
     p.add_argument("--workers", type=int, default=1, help="pool launcher without GPUs: CPU workers")
@@ -120,6 +129,7 @@ def _out_error(out: Path) -> str | None:
 def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str:
     """Counts per status of the sweep's runs and how many are still to run (failures apart)."""
     from bench.harness.results import RETRYABLE, STATUSES, latest_rows
+    from bench.schema import OVER_BUDGET
 
     latest = latest_rows(csv_path)
     statuses = [latest[s.run_id]["status"] for s in specs if s.run_id in latest]
@@ -129,6 +139,8 @@ def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str
     line = f"finished in {elapsed_s:.1f} s: {counts or 'no rows'}; {todo} run(s) still to run"
     if failed:
         line += f" ({failed} failed: --retry-failed runs them again)"
+    if OVER_BUDGET in statuses:
+        line += f" ({statuses.count(OVER_BUDGET)} over budget: another --memory-budget runs them again)"
     return line
 
 
@@ -152,7 +164,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     csv_path = out / "runs.csv"
     try:
-        done = finished_run_ids(csv_path, retry_failed=args.retry_failed)
+        done = finished_run_ids(
+            csv_path, retry_failed=args.retry_failed, memory_budget_bytes=args.memory_budget
+        )
     except (OSError, ValueError) as err:
         print(f"error: cannot read {csv_path}: {err}", file=sys.stderr)
         return 2

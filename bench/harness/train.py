@@ -205,6 +205,15 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
     return out
 
 
+def batch_order_bytes(n: int, batch_size: int, steps: int) -> int:
+    """Bytes of the index permutations `batch_indices` draws for ``steps`` steps (int64), which `train`
+    holds for the whole loop: one permutation of ``n`` per ``n // batch_size`` steps."""
+    if steps <= 0 or batch_size > n:
+        return 0
+    perms = math.ceil(steps / (n // batch_size))
+    return perms * n * torch.empty((), dtype=torch.int64).element_size()
+
+
 class _Plateau:
     """Tracks validations: the best PSNR (and a CPU copy of its weights) and the patience counter."""
 
@@ -314,9 +323,14 @@ def train(
     )
 
 
-def evaluate(model: nn.Module, task: Any, batch_size: int, *, split: str = "test") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, task: Any, batch_size: int, *, split: str = "test", max_batches: int | None = None
+) -> dict[str, float]:
     """PSNR/SSIM on a held-out split of the task (``task.measurements(split)``: "test", the scores,
     or "val", model selection), without gradients.
+
+    ``max_batches`` scores only the first that many batches (None: the whole split); the memory
+    estimate (bench/harness/run.py) measures one batch of the evaluation this way.
 
     Returns ``psnr_db`` and ``ssim`` (means over the split's images; SSIM by the task's convention,
     ``TaskSpec.ssim``) and the solver summary of the
@@ -328,8 +342,12 @@ def evaluate(model: nn.Module, task: Any, batch_size: int, *, split: str = "test
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be None or >= 1, got {max_batches}")
     x_all = task.images(split)  # (M, *in_shape)
     y_all = task.measurements(split)  # (M, *out_shape)
+    if max_batches is not None:
+        x_all, y_all = x_all[: max_batches * batch_size], y_all[: max_batches * batch_size]
     was_training = model.training
     model.eval()
     psnr_sum = ssim_sum = 0.0

@@ -23,6 +23,8 @@ Views of the memory of a training step, from most to least portable:
   (``profile_memory=True``) keeps for one step (`cpu_alloc_peak`). It is what a machine must hold
   above the resident state, and the figure the verdicts use; the tracker is the device-independent
   figure beside it. The profiler slows the step, so this runs on a warm step of its own.
+  `alloc_call` is the same meter around any call, with what the call left allocated beside its peak
+  (building a task, warm-up steps: what a run holds before and between its steps).
 - `steady_memory`: the tracker over several consecutive warm steps: the peak over all of them and
   the bytes allocated in them that are still alive after the last one (a graph kept alive between
   steps by a reference cycle, a cache, a hook's closure), with Python's cyclic collector paused so
@@ -299,7 +301,8 @@ def _allocations(events: Iterable[Any]) -> Iterator[Any]:
 
 @dataclass(frozen=True)
 class AllocPeak:
-    """CPU allocator bytes of one call: the peak above the start, and what was still allocated at the end."""
+    """Allocator bytes of one call: the peak above the start, and what was still allocated at the end
+    (above the start too; `cpu_alloc_peak`, `alloc_call`)."""
 
     peak_bytes: int
     end_bytes: int
@@ -345,6 +348,30 @@ def alloc_step_peak(fn: Callable[[], Any], device: torch.device | str) -> int:
     """
     cuda = cuda_step_peak(fn, device) if _cuda_device(device) is not None else None
     return cpu_alloc_peak(fn).peak_bytes if cuda is None else cuda.allocated_bytes
+
+
+def alloc_call(fn: Callable[[], Any], device: torch.device | str) -> AllocPeak:
+    """Allocator-level bytes of one call of `fn`: its peak above what was allocated before it, and what
+    it left allocated (the bytes it made resident).
+
+    CUDA: ``max_memory_allocated`` and ``memory_allocated`` against the allocated bytes before the call
+    (the device's memory only: host-side temporaries do not count); elsewhere `cpu_alloc_peak`, whose
+    ``end_bytes`` is never lowered by freeing blocks allocated before the call, so it can only
+    overstate what the call left. Used around set-up work (building a task, warm-up steps), where
+    the whole of what the call allocates matters, not one step's share of it.
+    """
+    cuda = _cuda_device(device)
+    if cuda is None:
+        return cpu_alloc_peak(fn)
+    synchronize(cuda)
+    torch.cuda.reset_peak_memory_stats(cuda)
+    base_bytes = torch.cuda.memory_allocated(cuda)
+    fn()
+    synchronize(cuda)
+    return AllocPeak(
+        peak_bytes=torch.cuda.max_memory_allocated(cuda) - base_bytes,
+        end_bytes=torch.cuda.memory_allocated(cuda) - base_bytes,
+    )
 
 
 #: Consecutive warm steps `steady_memory` follows by default.
