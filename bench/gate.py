@@ -78,8 +78,9 @@ def config_label(row: Mapping[str, Any]) -> str:
 
 def measure(only: str | None = None) -> list[dict[str, Any]]:
     """Run the gate configurations in this process; one run row each (see `bench.harness.run.run_spec`)."""
+    from bench.harness.expand import load_preset
     from bench.harness.run import run_spec
-    from bench.harness.specs import load_preset, normalise, spec_columns
+    from bench.harness.specs import normalise, spec_columns
 
     rows = []
     for spec in load_preset(GATE_PRESET).specs:

@@ -9,8 +9,9 @@ import pytest
 
 from bench import cli
 from bench.harness import sweep
+from bench.harness.expand import load_preset, load_sweep
 from bench.harness.results import append_row
-from bench.harness.specs import RunSpec, load_preset, load_sweep, spec_columns
+from bench.harness.specs import RunSpec, spec_columns
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -1,5 +1,5 @@
-"""Sweep expansion: run ids, order, de-duplication and validation errors stay what they are (ids are
-stored in committed result tables)."""
+"""Sweep expansion (bench/harness/expand.py): run ids, order, de-duplication and validation errors
+stay what they are (ids are stored in committed result tables)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness.specs import (
-    SweepError,
-    available_presets,
-    load_preset,
-    load_sweep,
-    loads_sweep,
-    normalise,
-)
+from bench.harness.expand import available_presets, load_preset, load_sweep, loads_sweep
+from bench.harness.specs import SweepError, normalise
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -134,10 +134,11 @@ def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str
 
 def main(args: argparse.Namespace) -> int:
     from bench.harness.children import ForkServerDied, SweepInterrupted
+    from bench.harness.expand import load_preset, load_sweep
     from bench.harness.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
     from bench.harness.owner import FolderOwned, own
     from bench.harness.results import WriteError, finished_run_ids
-    from bench.harness.specs import SweepError, load_preset, load_sweep, spec_columns
+    from bench.harness.specs import SweepError, spec_columns
 
     try:
         sweep = load_preset(args.preset) if args.preset else load_sweep(args.file)
