@@ -1,4 +1,4 @@
-"""Sweep files (TOML) and their expansion into `RunSpec`s.
+"""Sweep files (TOML) and their expansion into `RunSpec`s, checked run by run.
 
 A sweep file has three tables, all optional but `grid` usually present::
 
@@ -19,7 +19,23 @@ that does not override the key. `part` defaults to the sweep's name.
 
 Validation raises `SweepError` naming where (`defaults`, `[[grid]] #2`), the key and what is allowed:
 malformed TOML, an unknown key, a wrong type, an empty axis, an unknown task/model/solver/backward
-name, a key that none of a grid's models takes, a config rejected by the model's config class.
+name, a key that none of a grid's models takes, a config rejected by the model's config class. Each
+grid's tables are checked before its runs, grid after grid, and the first invalid run (in expansion
+order) raises.
+
+`read_sweep` / `read_preset` / `parse_sweep` give a `SweepPlan` whose `runs()` expands lazily, one
+run at a time (a dry run lists a large grid as it goes); `load_sweep` / `load_preset` /
+`loads_sweep` expand the whole sweep into a `Sweep`, so every run is checked before any starts.
+
+How a grid's runs are built. The reference for one run is `_make_spec` (build the RunSpec, normalise
+it, check the model config, the data and `check_spec`). Running it for every run of a big grid costs
+a normalisation and several checks per run, although a grid has few distinct values per axis. So an
+axis of a field in `bench.harness.specs.PER_VALUE_FIELDS` (a seed, a learning rate, ...: normalised
+unchanged, checked on its own) is *free*, and every other key is *bound*. `_make_spec` runs for a run
+whose bound values were not seen yet, or with a free value not seen in a valid run yet; every other
+run is its bound values' normalised spec with the free values in place, its run id joined from
+cached pieces of canonical JSON (`bench.harness.specs.id_pieces`). Because a free value's validity
+does not depend on the rest, the first invalid run still meets `_make_spec`, which raises its error.
 """
 
 from __future__ import annotations
@@ -28,9 +44,10 @@ import dataclasses
 import functools
 import importlib.resources
 import itertools
+import operator
 import tomllib
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +55,19 @@ from typing import Any
 from bench.harness import problem
 from bench.harness.checks import check_spec
 from bench.harness.coerce import coerce, type_name
-from bench.harness.specs import SPEC_FIELDS, SPEC_KEYS, RunSpec, SweepError, config_fields, normalise
+from bench.harness.specs import (
+    PER_VALUE_FIELDS,
+    SPEC_FIELDS,
+    SPEC_KEYS,
+    RunSpec,
+    SweepError,
+    config_fields,
+    id_piece,
+    id_pieces,
+    normalise,
+    prechecked,
+    run_id_of_pieces,
+)
 from bench.schema import INJECTS, MODEL_KEYS
 
 OPERATOR_PREFIX = "operator."
@@ -229,6 +258,87 @@ def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunS
     return spec
 
 
+# ----------------------------------------------------------------------------- one grid
+
+
+def _picker(positions: Sequence[int]) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """A function picking these positions of a tuple, always as a tuple."""
+    if not positions:
+        return lambda combo: ()
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda combo: (combo[only],)
+    return operator.itemgetter(*positions)
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """What the runs sharing one grid's bound values share: the normalised spec's fields and its run
+    id's canonical JSON cut around the free fields (len(free) + 1 segments, in key order)."""
+
+    fields: dict[str, Any]
+    segments: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: RunSpec, free: frozenset[str]) -> _Bound:
+        segments: list[str] = []
+        current: list[str] = []
+        for name, piece in id_pieces(spec).items():
+            if name in free:
+                segments.append("".join(current))
+                current = []
+            else:
+                current.append(piece)
+        segments.append("".join(current))
+        return cls({name: getattr(spec, name) for name in SPEC_FIELDS}, tuple(segments))
+
+
+def _grid_runs(
+    where: str, axes: Mapping[str, list[Any]], default_part: str, seen: set[str]
+) -> Iterator[RunSpec]:
+    """The runs of one grid in product order whose run id is not in `seen` (which they join)."""
+    keys = list(axes)
+    values = [axes[k] for k in keys]
+    # Free axes in the canonical JSON's key order (sorted by name), as the id segments expect.
+    free = sorted((k, i) for i, k in enumerate(keys) if k in PER_VALUE_FIELDS and len(values[i]) > 1)
+    free_names = [k for k, _ in free]
+    free_pos = [i for _, i in free]
+    bound_of = _picker([i for i in range(len(keys)) if i not in free_pos])
+    free_of = _picker(free_pos)
+    free_pieces = [[id_piece(k, v) for v in values[i]] for k, i in free]
+    unseen = [set(range(len(values[i]))) for i in free_pos]  # free values no valid run had yet
+    n_unseen = sum(len(s) for s in unseen)
+    bound: dict[tuple[int, ...], _Bound] = {}
+    for combo in itertools.product(*(range(len(v)) for v in values)):
+        key = bound_of(combo)
+        shared = bound.get(key)
+        picked = free_of(combo)
+        if shared is None or (n_unseen and any(i in s for i, s in zip(picked, unseen, strict=True))):
+            spec = _make_spec(where, {k: values[p][combo[p]] for p, k in enumerate(keys)}, default_part)
+            for i, s in zip(picked, unseen, strict=True):
+                if i in s:
+                    s.discard(i)
+                    n_unseen -= 1
+            if shared is None:
+                bound[key] = _Bound.of(spec, frozenset(free_names))
+            if spec.run_id not in seen:
+                seen.add(spec.run_id)
+                yield spec
+            continue
+        pieces = [shared.segments[0]]
+        for j, i in enumerate(picked):
+            pieces.append(free_pieces[j][i])
+            pieces.append(shared.segments[j + 1])
+        run_id = run_id_of_pieces(pieces)
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        fields = shared.fields.copy()
+        for j, i in enumerate(picked):
+            fields[free_names[j]] = values[free_pos[j]][i]
+        yield prechecked(fields, run_id)
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 
@@ -241,41 +351,79 @@ class Sweep:
     specs: tuple[RunSpec, ...]
 
 
-def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
-    """Expand a parsed sweep document (the dict `tomllib` returns) into a `Sweep`."""
-    _check_data.cache_clear()  # a sweep load sees the data roots as they are now
-    unknown = set(doc) - set(_TOP_KEYS)
-    if unknown:
-        raise SweepError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
-    meta = doc.get("sweep", {})
-    if not isinstance(meta, dict):
-        raise SweepError("[sweep]: expected a table with keys 'name', 'description'")
-    for key, value in meta.items():
-        if key not in _SWEEP_KEYS:
-            raise SweepError(f"[sweep]: unknown key {key!r}; allowed keys: {sorted(_SWEEP_KEYS)}")
-        if not isinstance(value, _SWEEP_KEYS[key]):
-            raise SweepError(f"[sweep]: key {key!r} expects str, got {value!r}")
-    name = meta.get("name", default_name)
+@dataclass(frozen=True)
+class SweepPlan:
+    """A parsed sweep document whose top level and ``[sweep]`` table are checked; its runs are
+    expanded (and checked) on demand by `runs`. ``source`` prefixes error messages ("" for none)."""
 
+    name: str
+    description: str
+    doc: Mapping[str, Any]
+    source: str = ""
+
+    def runs(self) -> Iterator[RunSpec]:
+        """Yield the sweep's distinct runs in expansion order, each as soon as it is built; raise
+        SweepError at the first invalid table or run (the runs before it were yielded)."""
+        try:
+            yield from _expand_runs(self.doc, self.name)
+        except SweepError as err:
+            if not self.source:
+                raise
+            raise SweepError(f"{self.source}: {err}") from None
+
+    def load(self) -> Sweep:
+        """Every run, expanded and checked (SweepError before any is returned)."""
+        return Sweep(name=self.name, description=self.description, specs=tuple(self.runs()))
+
+
+def _expand_runs(doc: Mapping[str, Any], name: str) -> Iterator[RunSpec]:
+    _check_data.cache_clear()  # a sweep load sees the data roots as they are now
     key_types = _key_types()
     defaults = _check_table("[defaults]", doc.get("defaults", {}), key_types)
     grids = doc.get("grid", [{}])
     if not isinstance(grids, list):
         raise SweepError("'grid' must be an array of tables: write [[grid]], not [grid]")
-
-    specs: dict[str, RunSpec] = {}
+    seen: set[str] = set()
     for index, grid in enumerate(grids, start=1):
         where = f"[[grid]] #{index}"
-        axes = _grid_axes(where, defaults, grid, key_types)
-        keys = list(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            spec = _make_spec(where, dict(zip(keys, combo, strict=True)), name)
-            specs.setdefault(spec.run_id, spec)
-    return Sweep(name=name, description=meta.get("description", ""), specs=tuple(specs.values()))
+        yield from _grid_runs(where, _grid_axes(where, defaults, grid, key_types), name, seen)
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and expand a sweep TOML file; any problem raises SweepError."""
+def plan(doc: Mapping[str, Any], *, default_name: str = "sweep", source: str = "") -> SweepPlan:
+    """Check a parsed sweep document's top level and ``[sweep]`` table; its runs come later."""
+    try:
+        unknown = set(doc) - set(_TOP_KEYS)
+        if unknown:
+            raise SweepError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
+        meta = doc.get("sweep", {})
+        if not isinstance(meta, dict):
+            raise SweepError("[sweep]: expected a table with keys 'name', 'description'")
+        for key, value in meta.items():
+            if key not in _SWEEP_KEYS:
+                raise SweepError(f"[sweep]: unknown key {key!r}; allowed keys: {sorted(_SWEEP_KEYS)}")
+            if not isinstance(value, _SWEEP_KEYS[key]):
+                raise SweepError(f"[sweep]: key {key!r} expects str, got {value!r}")
+    except SweepError as err:
+        raise SweepError(f"{source}: {err}" if source else str(err)) from None
+    return SweepPlan(meta.get("name", default_name), meta.get("description", ""), doc, source)
+
+
+def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
+    """Expand a parsed sweep document (the dict `tomllib` returns) into a `Sweep`."""
+    return plan(doc, default_name=default_name).load()
+
+
+def parse_sweep(text: str, *, default_name: str = "sweep", source: str = "<string>") -> SweepPlan:
+    """Parse sweep TOML text into a `SweepPlan`; errors name `source`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SweepError(f"{source}: malformed TOML: {err}") from None
+    return plan(doc, default_name=default_name, source=source)
+
+
+def read_sweep(path: str | Path) -> SweepPlan:
+    """Read a sweep TOML file into a `SweepPlan` (its name defaults to the file's stem)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -286,19 +434,7 @@ def load_sweep(path: str | Path) -> Sweep:
             f"sweep file {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset"
             f" {err.start}); TOML files must be UTF-8"
         ) from None
-    return loads_sweep(text, default_name=path.stem, source=str(path))
-
-
-def loads_sweep(text: str, *, default_name: str = "sweep", source: str = "<string>") -> Sweep:
-    """Parse and expand sweep TOML text; any problem raises SweepError naming `source`."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"{source}: malformed TOML: {err}") from None
-    try:
-        return expand(doc, default_name=default_name)
-    except SweepError as err:
-        raise SweepError(f"{source}: {err}") from None
+    return parse_sweep(text, default_name=path.stem, source=str(path))
 
 
 def available_presets() -> list[str]:
@@ -307,10 +443,25 @@ def available_presets() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def load_preset(name: str) -> Sweep:
-    """Load bench/sweeps/NAME.toml; an unknown name raises SweepError listing the presets."""
+def read_preset(name: str) -> SweepPlan:
+    """bench/sweeps/NAME.toml as a `SweepPlan`; an unknown name raises SweepError listing the presets."""
     presets = available_presets()
     if name not in presets:
         raise SweepError(f"unknown preset {name!r}; available presets: {presets}")
     text = (importlib.resources.files("bench") / "sweeps" / f"{name}.toml").read_text()
-    return loads_sweep(text, default_name=name, source=f"preset {name!r}")
+    return parse_sweep(text, default_name=name, source=f"preset {name!r}")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep TOML file; any problem raises SweepError."""
+    return read_sweep(path).load()
+
+
+def loads_sweep(text: str, *, default_name: str = "sweep", source: str = "<string>") -> Sweep:
+    """Parse and expand sweep TOML text; any problem raises SweepError naming `source`."""
+    return parse_sweep(text, default_name=default_name, source=source).load()
+
+
+def load_preset(name: str) -> Sweep:
+    """Load bench/sweeps/NAME.toml; an unknown name raises SweepError listing the presets."""
+    return read_preset(name).load()

@@ -21,9 +21,10 @@ Sweep files (TOML) and their expansion into RunSpecs live in `bench.harness.expa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +118,10 @@ class RunSpec:
         if self.min_delta_db < 0:
             raise ValueError(f"RunSpec.min_delta_db must be >= 0 (dB), got {self.min_delta_db!r}")
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """12 hex digits of sha1 over the normalised spec's canonical JSON."""
+        """12 hex digits of sha1 over the normalised spec's canonical JSON (computed once per object:
+        the fields are frozen)."""
         d = spec_to_dict(normalise(self))
         d = {k: v for k, v in d.items() if k not in _ID_NEUTRAL or v != _ID_NEUTRAL[k]}
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -137,11 +139,25 @@ SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fiel
 #: Keys a sweep file may set directly (model_extra is filled from other models' config keys, operator
 #: from the ``operator.KEY`` keys).
 SPEC_KEYS: tuple[str, ...] = tuple(k for k in SPEC_FIELDS if k not in ("model_extra", "operator"))
+#: Fields that normalisation copies unchanged and whose checks (`RunSpec.__post_init__`,
+#: `bench.harness.checks.check_spec`) read no other field: whether a spec is valid is then "every one
+#: of these values is valid, and the rest of the spec is", and the normalised spec is the rest's
+#: normalised form with these values in place. The sweep expansion relies on it to check each value
+#: of such an axis once instead of once per run (`bench.harness.expand`); a field that gains a
+#: normalisation or a check involving another field must leave this set.
+PER_VALUE_FIELDS: frozenset[str] = frozenset({
+    "part", "steps", "seed", "lr", "grad_clip", "min_delta_db", "lr_schedule", "warmup_steps",
+    "timed_steps", "device", "cpu_threads", "inject",
+})  # fmt: skip
 #: Fields left out of the run id's canonical JSON while at these values, so that adding them left
 #: every earlier run id unchanged.
 _ID_NEUTRAL: dict[str, Any] = {
     "operator": {}, "precision": "fp32", "data": "", "data_root": "", "data_split": "",
 }  # fmt: skip
+#: The canonical JSON's key order.
+_ID_ORDER: tuple[str, ...] = tuple(sorted(SPEC_FIELDS))
+
+
 # ----------------------------------------------------------------------------- registries (lazy)
 
 
@@ -212,12 +228,18 @@ def normalise(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, **changes)
 
 
+def _json_value(name: str, value: Any) -> Any:
+    """A field's value as it appears in JSON (model_extra and operator as objects, lists for tuples)."""
+    if name == "model_extra":
+        return dict(value)
+    if name == "operator":
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value}
+    return value
+
+
 def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     """JSON-ready dict of a spec (model_extra as a dict)."""
-    d = {f: getattr(spec, f) for f in SPEC_FIELDS}
-    d["model_extra"] = dict(spec.model_extra)
-    d["operator"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.operator}
-    return d
+    return {f: _json_value(f, getattr(spec, f)) for f in SPEC_FIELDS}
 
 
 def spec_from_dict(d: Mapping[str, Any]) -> RunSpec:
@@ -239,6 +261,42 @@ def spec_to_json(spec: RunSpec) -> str:
 
 def spec_from_json(text: str) -> RunSpec:
     return spec_from_dict(json.loads(text))
+
+
+# ----------------------------------------------------------------------------- run ids in pieces
+
+
+def id_piece(name: str, value: Any) -> str:
+    """One field's item of the run id's canonical JSON, with its leading comma (``',"seed":3'``), or ""
+    where the field is left out (its id-neutral value). `run_id_of_pieces` over every field's piece of
+    a normalised spec, in `id_pieces` order, is that spec's `run_id` (tests/test_specs.py checks)."""
+    plain = _json_value(name, value)
+    if name in _ID_NEUTRAL and plain == _ID_NEUTRAL[name]:
+        return ""
+    return f",{json.dumps(name)}:{json.dumps(plain, sort_keys=True, separators=(',', ':'))}"
+
+
+def id_pieces(spec: RunSpec) -> dict[str, str]:
+    """Field -> `id_piece` of the *normalised* spec `spec`, in the canonical JSON's key order."""
+    return {name: id_piece(name, getattr(spec, name)) for name in _ID_ORDER}
+
+
+def run_id_of_pieces(pieces: Iterable[str]) -> str:
+    """The run id from a normalised spec's `id_pieces` values, in order: a spec built field by field
+    (`bench.harness.expand`) gets its id without a normalisation or a JSON encoding per run."""
+    canonical = "{" + "".join(pieces)[1:] + "}"
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def prechecked(fields: Mapping[str, Any], run_id: str) -> RunSpec:
+    """The RunSpec with these field values (every field given), taken as already normalised and
+    checked, with its run id already computed (`run_id_of_pieces`): no `__post_init__`, no
+    normalisation. Only for a caller that has checked each part of the spec, as the sweep expansion
+    does once per distinct part (`PER_VALUE_FIELDS`); anything else builds `RunSpec(...)`."""
+    spec = object.__new__(RunSpec)
+    spec.__dict__.update(fields)
+    spec.__dict__["run_id"] = run_id  # the cached_property's slot
+    return spec
 
 
 def spec_columns(spec: RunSpec) -> dict[str, Any]:
