@@ -1,5 +1,6 @@
-"""Sweep expansion (bench/harness/expand.py): run ids, order, de-duplication and validation errors
-are those of checking every run on its own, although each distinct part of a grid is checked once."""
+"""Sweep expansion (bench/harness/expand.py, bench/harness/grid.py): run ids, order, de-duplication
+and validation errors are those of checking every run on its own, although each distinct part of a
+grid is checked once."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from typing import Any
 import pytest
 
 from bench.harness.expand import (
-    _make_spec,
     available_presets,
     load_preset,
     load_sweep,
     loads_sweep,
     parse_sweep,
 )
+from bench.harness.grid import make_spec
 from bench.harness.specs import (
     PER_VALUE_FIELDS,
     RunSpec,
@@ -217,7 +218,7 @@ PER_VALUE_SAMPLES: dict[str, list[Any]] = {
 
 def _outcome(values: dict[str, Any]) -> RunSpec | str:
     try:
-        return _make_spec("t", values, "p")
+        return make_spec("t", values, "p")
     except SweepError as err:
         return str(err)
 
