@@ -15,7 +15,8 @@ Normalisation (`normalise`) makes run ids mean "the same computation":
 - task sizes left unset (image_size, n_train, n_test, noise_sigma, n_val) take the task's defaults
   (`bench.data.tasks.TASKS[task]`).
 
-Sweep files (TOML) and their expansion into RunSpecs live in `bench.harness.expand`.
+Sweep files (TOML) and their expansion into RunSpecs live in `bench.harness.expand` and
+`bench.harness.grid`.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class RunSpec:
         return kwargs
 
 
+#: RunSpec's fields by name, in declaration order.
 SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunSpec)}
 #: Keys a sweep file may set directly (model_extra is filled from other models' config keys, operator
 #: from the ``operator.KEY`` keys).
@@ -143,8 +145,9 @@ SPEC_KEYS: tuple[str, ...] = tuple(k for k in SPEC_FIELDS if k not in ("model_ex
 #: `bench.harness.checks.check_spec`) read no other field: whether a spec is valid is then "every one
 #: of these values is valid, and the rest of the spec is", and the normalised spec is the rest's
 #: normalised form with these values in place. The sweep expansion relies on it to check each value
-#: of such an axis once instead of once per run (`bench.harness.expand`); a field that gains a
-#: normalisation or a check involving another field must leave this set.
+#: of such an axis once instead of once per run (`bench.harness.grid`; tests/test_expand.py checks
+#: it field by field); a field that gains a normalisation or a check involving another field must
+#: leave this set.
 PER_VALUE_FIELDS: frozenset[str] = frozenset({
     "part", "steps", "seed", "lr", "grad_clip", "min_delta_db", "lr_schedule", "warmup_steps",
     "timed_steps", "device", "cpu_threads", "inject",
@@ -269,7 +272,7 @@ def spec_from_json(text: str) -> RunSpec:
 def id_piece(name: str, value: Any) -> str:
     """One field's item of the run id's canonical JSON, with its leading comma (``',"seed":3'``), or ""
     where the field is left out (its id-neutral value). `run_id_of_pieces` over every field's piece of
-    a normalised spec, in `id_pieces` order, is that spec's `run_id` (tests/test_specs.py checks)."""
+    a normalised spec, in `id_pieces` order, is that spec's `run_id` (tests/test_expand.py checks)."""
     plain = _json_value(name, value)
     if name in _ID_NEUTRAL and plain == _ID_NEUTRAL[name]:
         return ""
@@ -283,7 +286,7 @@ def id_pieces(spec: RunSpec) -> dict[str, str]:
 
 def run_id_of_pieces(pieces: Iterable[str]) -> str:
     """The run id from a normalised spec's `id_pieces` values, in order: a spec built field by field
-    (`bench.harness.expand`) gets its id without a normalisation or a JSON encoding per run."""
+    (`bench.harness.grid`) gets its id without a normalisation or a JSON encoding per run."""
     canonical = "{" + "".join(pieces)[1:] + "}"
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
