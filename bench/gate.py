@@ -126,7 +126,8 @@ def config_label(row: Mapping[str, Any]) -> str:
 def gate_specs(only: str | None = None) -> list[tuple[str, Any]]:
     """(label, spec) of the gate configurations whose label contains ``only`` (all with None); nothing
     is run. ValueError when two configurations share a label or ``only`` matches none."""
-    from bench.harness.specs import load_preset, normalise, spec_columns
+    from bench.harness.expand import load_preset
+    from bench.harness.specs import normalise, spec_columns
 
     specs = [(config_label(spec_columns(normalise(s))), s) for s in load_preset(GATE_PRESET).specs]
     labels = [label for label, _ in specs]

@@ -178,7 +178,7 @@ def build_plan(
     repo_root: Path = REPO_ROOT,
 ) -> Plan:
     """The parts to run (those in `names`), their commands and stated estimates."""
-    from bench.harness.specs import load_preset
+    from bench.harness.expand import load_preset
 
     have = dict(installed) if installed is not None else installed_packages()
     missing = [p for p in PEERS if not have.get(p, False)]
@@ -239,7 +239,7 @@ def build_plan(
 
 def _sweep_groups() -> list[str]:
     """The gpu preset's runs grouped by configuration: one line per group with count and estimate."""
-    from bench.harness.specs import load_preset
+    from bench.harness.expand import load_preset
 
     groups: Counter[str] = Counter()
     seconds: dict[str, float] = {}

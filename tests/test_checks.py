@@ -9,8 +9,9 @@ import pytest
 
 from bench import cli
 from bench.harness.checks import min_image_size
+from bench.harness.expand import loads_sweep
 from bench.harness.run import run_spec
-from bench.harness.specs import RunSpec, SweepError, loads_sweep
+from bench.harness.specs import RunSpec, SweepError
 from operators import OPERATORS
 
 BASE = 'task = "deblur"\nmodel = "classical"\nmethod = "adjoint"\nimage_size = 16\nn_train = 4\nn_test = 1\n'

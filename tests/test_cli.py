@@ -13,8 +13,9 @@ import pytest
 
 from bench import cli
 from bench.harness import sweep
+from bench.harness.expand import load_preset
 from bench.harness.results import append_row
-from bench.harness.specs import load_preset, spec_columns
+from bench.harness.specs import spec_columns
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ import pytest
 from bench import cli, gpu_check
 from bench.analysis.gpu_summary import summarise
 from bench.gpu_check import PART_ESTIMATE_S, Part, Plan, build_plan, run_plan
+from bench.harness.expand import load_preset
 from bench.harness.results import append_row
-from bench.harness.specs import load_preset, spec_columns
+from bench.harness.specs import spec_columns
 
 
 def _stated_sweep_s() -> float:

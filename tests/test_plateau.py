@@ -18,9 +18,10 @@ from bench import cli
 from bench.data import datasets
 from bench.data.tasks import build_task
 from bench.harness.curves import CURVE_COLUMNS, read_curves, write_curve
+from bench.harness.expand import load_sweep, loads_sweep
 from bench.harness.results import read_rows
 from bench.harness.run import run_with_curve
-from bench.harness.specs import RunSpec, SweepError, load_sweep, loads_sweep
+from bench.harness.specs import RunSpec, SweepError
 from bench.harness.train import LR_SCHEDULES, TrainConfig, _Plateau, evaluate, train
 from models import build_model
 

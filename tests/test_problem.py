@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from bench import cli
+from bench.harness.expand import loads_sweep
 from bench.harness.run import prepare
 from bench.harness.specs import (
     RunSpec,
     SweepError,
-    loads_sweep,
     normalise,
     spec_columns,
     spec_from_json,

@@ -16,7 +16,8 @@ from bench.data.datasets import resize
 from bench.data.realdata import DatasetFormatError
 from bench.data.realsources import REAL_DATA, split_indices
 from bench.data.tasks import build_task
-from bench.harness.specs import SweepError, loads_sweep
+from bench.harness.expand import loads_sweep
+from bench.harness.specs import SweepError
 
 SWEEP = """
 [defaults]

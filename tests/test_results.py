@@ -13,6 +13,7 @@ import pytest
 
 from bench import cli
 from bench.analysis import report, runtable
+from bench.harness.expand import load_sweep
 from bench.harness.results import (
     COLUMNS,
     TornLineWarning,
@@ -22,7 +23,6 @@ from bench.harness.results import (
     read_rows,
     read_table,
 )
-from bench.harness.specs import load_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_fixture.csv"
 TINY = (

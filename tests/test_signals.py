@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from bench import cli
+from bench.harness.expand import load_sweep
 from bench.harness.faults import HANG_RELEASE_ENV
 from bench.harness.owner import OWNER_FILE
 from bench.harness.results import read_rows
-from bench.harness.specs import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (

@@ -6,12 +6,10 @@ import dataclasses
 
 import pytest
 
+from bench.harness.expand import available_presets, load_preset, loads_sweep
 from bench.harness.specs import (
     RunSpec,
     SweepError,
-    available_presets,
-    load_preset,
-    loads_sweep,
     normalise,
     spec_from_json,
     spec_to_json,

@@ -19,6 +19,7 @@ import pytest
 
 from bench import cli
 from bench.harness.curves import read_curves
+from bench.harness.expand import load_preset, load_sweep
 from bench.harness.launchers import (
     LaunchOptions,
     SlurmOptions,
@@ -28,7 +29,7 @@ from bench.harness.launchers import (
     visible_gpus,
 )
 from bench.harness.results import COLUMNS, append_row, finished_run_ids, latest_rows, locked, read_rows
-from bench.harness.specs import RunSpec, load_preset, load_sweep, spec_columns, spec_to_json
+from bench.harness.specs import RunSpec, spec_columns, spec_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = (

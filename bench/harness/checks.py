@@ -1,6 +1,6 @@
 """Load-time checks of a run spec: everything that can be known wrong before a run starts.
 
-`check_spec(spec)` raises ValueError (a `SweepError` once out of `bench.harness.specs`) naming
+`check_spec(spec)` raises ValueError (a `SweepError` once out of `bench.harness.grid`) naming
 the key and what is accepted, so that a sweep file
 with a value no run could use fails at load (exit 2, nothing written) instead of as error rows, or
 worse, as runs that "diverge". Checked: the device; every number finite (TOML allows nan and inf);
@@ -73,7 +73,7 @@ def _method_error(spec: Any) -> str | None:
 
 def check_spec(spec: Any) -> None:
     """Raise ValueError naming the first key of the normalised RunSpec `spec` no run could use, and
-    what is accepted (`bench.harness.specs` turns it into a SweepError naming where)."""
+    what is accepted (`bench.harness.grid.make_spec` turns it into a SweepError naming where)."""
     if not DEVICE_PATTERN.fullmatch(spec.device):
         raise ValueError(f"key 'device' has unknown value {spec.device!r}; accepted: {_DEVICES_TEXT}")
     for key, value in _numbers(spec):

@@ -1,4 +1,4 @@
-"""Run specifications and TOML sweep expansion.
+"""Run specifications: `RunSpec`, its normalisation, its run id and its (de)serialisation.
 
 A `RunSpec` is one run: a task, a model with its config keys, and the harness settings (batch size,
 image size, training steps, ...). Its `run_id` is a short sha1 of the *normalised* spec, so the same
@@ -15,26 +15,8 @@ Normalisation (`normalise`) makes run ids mean "the same computation":
 - task sizes left unset (image_size, n_train, n_test, noise_sigma, n_val) take the task's defaults
   (`bench.data.tasks.TASKS[task]`).
 
-A sweep file (TOML) has three tables, all optional but `grid` usually present::
-
-    [sweep]                       # name (str) and description (str)
-    name = "smoke"
-    [defaults]                    # fields shared by every grid
-    task = "blur"
-    steps = 20
-    [[grid]]                      # one sub-grid; a list is an axis, a scalar is fixed
-    part = "profile"
-    model = ["lu", "lu_ckpt"]
-    n_iters = [1, 2, 4]
-
-Expansion: for each grid, the cross product of its axes (lists) over `defaults` updated by the
-grid's scalars, axes in the order the keys appear (defaults first); runs whose run_id was already
-produced are dropped, keeping the first (stable order). Lists in `defaults` are axes of every grid
-that does not override the key. `part` defaults to the sweep's name.
-
-Validation raises `SweepError` naming where (`defaults`, `[[grid]] #2`), the key and what is allowed:
-malformed TOML, an unknown key, a wrong type, an empty axis, an unknown task/model/solver/backward
-name, a key that none of a grid's models takes, a config rejected by the model's config class.
+Sweep files (TOML) and their expansion into RunSpecs live in `bench.harness.expand` and
+`bench.harness.grid`.
 """
 
 from __future__ import annotations
@@ -42,19 +24,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.resources
-import itertools
 import json
-import tomllib
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench.harness import problem
-from bench.harness.checks import check_spec
-from bench.harness.coerce import coerce, type_name
 from bench.schema import INJECTS, MODEL_KEYS, SPEC_COLUMNS
 
 #: Smallest allowed value of the harness's integer fields (None, where allowed, means a default).
@@ -144,9 +119,10 @@ class RunSpec:
         if self.min_delta_db < 0:
             raise ValueError(f"RunSpec.min_delta_db must be >= 0 (dB), got {self.min_delta_db!r}")
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
-        """12 hex digits of sha1 over the normalised spec's canonical JSON."""
+        """12 hex digits of sha1 over the normalised spec's canonical JSON (computed once per object:
+        the fields are frozen)."""
         d = spec_to_dict(normalise(self))
         d = {k: v for k, v in d.items() if k not in _ID_NEUTRAL or v != _ID_NEUTRAL[k]}
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -160,17 +136,29 @@ class RunSpec:
         return kwargs
 
 
-_SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunSpec)}
-_SPEC_TYPES: dict[str, Any] = typing.get_type_hints(RunSpec)
+#: RunSpec's fields by name, in declaration order.
+SPEC_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunSpec)}
 #: Keys a sweep file may set directly (model_extra is filled from other models' config keys, operator
 #: from the ``operator.KEY`` keys).
-SPEC_KEYS: tuple[str, ...] = tuple(k for k in _SPEC_FIELDS if k not in ("model_extra", "operator"))
+SPEC_KEYS: tuple[str, ...] = tuple(k for k in SPEC_FIELDS if k not in ("model_extra", "operator"))
+#: Fields that normalisation copies unchanged and whose checks (`RunSpec.__post_init__`,
+#: `bench.harness.checks.check_spec`) read no other field: whether a spec is valid is then "every one
+#: of these values is valid, and the rest of the spec is", and the normalised spec is the rest's
+#: normalised form with these values in place. The sweep expansion relies on it to check each value
+#: of such an axis once instead of once per run (`bench.harness.grid`; tests/test_expand.py checks
+#: it field by field); a field that gains a normalisation or a check involving another field must
+#: leave this set.
+PER_VALUE_FIELDS: frozenset[str] = frozenset({
+    "part", "steps", "seed", "lr", "grad_clip", "min_delta_db", "lr_schedule", "warmup_steps",
+    "timed_steps", "device", "cpu_threads", "inject",
+})  # fmt: skip
 #: Fields left out of the run id's canonical JSON while at these values, so that adding them left
 #: every earlier run id unchanged.
 _ID_NEUTRAL: dict[str, Any] = {
     "operator": {}, "precision": "fp32", "data": "", "data_root": "", "data_split": "",
 }  # fmt: skip
-OPERATOR_PREFIX = "operator."
+#: The canonical JSON's key order.
+_ID_ORDER: tuple[str, ...] = tuple(sorted(SPEC_FIELDS))
 
 
 # ----------------------------------------------------------------------------- registries (lazy)
@@ -188,38 +176,8 @@ def _tasks() -> Mapping[str, Any]:
     return TASKS
 
 
-def _solvers() -> Sequence[str]:
-    from models.solvers import SOLVERS
-
-    return tuple(SOLVERS)
-
-
-def _lr_schedules() -> Sequence[str]:
-    from bench.harness.train import LR_SCHEDULES
-
-    return tuple(LR_SCHEDULES)
-
-
-def _backward_modes() -> Sequence[str]:
-    from models.deq import BACKWARD_MODES
-
-    return tuple(BACKWARD_MODES)
-
-
-#: Keys whose values are names from a registry: key -> function returning the allowed names.
-_CHOICES: dict[str, Callable[[], Sequence[str]]] = {
-    "task": lambda: tuple(_tasks()),
-    "model": lambda: tuple(_models()),
-    "solver": _solvers,
-    "backward": _backward_modes,
-    "inject": lambda: INJECTS,
-    "lr_schedule": _lr_schedules,
-    "precision": problem.precisions,
-    "data": problem.datasets,
-}
-
-
-def _config_fields(model: str) -> dict[str, dataclasses.Field]:
+def config_fields(model: str) -> dict[str, dataclasses.Field]:
+    """The config keys of `model` (its config class's fields); SweepError for an unknown model."""
     models = _models()
     if model not in models:
         raise SweepError(f"unknown model {model!r}; known models: {sorted(models)}")
@@ -244,7 +202,7 @@ TASK_KEYS: tuple[str, ...] = ("image_size", "n_train", "n_test", "noise_sigma", 
 def normalise(spec: RunSpec) -> RunSpec:
     """Blank model keys the model does not take, fill unset ones with the config's defaults, and
     fill unset task sizes (image_size, n_train, n_test, noise_sigma, n_val) with the task's defaults."""
-    cfg_fields = _config_fields(spec.model)
+    cfg_fields = config_fields(spec.model)
     tasks = _tasks()
     if spec.task not in tasks:
         raise SweepError(f"unknown task {spec.task!r}; known tasks: {sorted(tasks)}")
@@ -273,19 +231,25 @@ def normalise(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, **changes)
 
 
+def _json_value(name: str, value: Any) -> Any:
+    """A field's value as it appears in JSON (model_extra and operator as objects, lists for tuples)."""
+    if name == "model_extra":
+        return dict(value)
+    if name == "operator":
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value}
+    return value
+
+
 def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
     """JSON-ready dict of a spec (model_extra as a dict)."""
-    d = {f: getattr(spec, f) for f in _SPEC_FIELDS}
-    d["model_extra"] = dict(spec.model_extra)
-    d["operator"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.operator}
-    return d
+    return {f: _json_value(f, getattr(spec, f)) for f in SPEC_FIELDS}
 
 
 def spec_from_dict(d: Mapping[str, Any]) -> RunSpec:
     """Inverse of `spec_to_dict`; unknown keys raise KeyError listing the known ones."""
-    unknown = set(d) - set(_SPEC_FIELDS)
+    unknown = set(d) - set(SPEC_FIELDS)
     if unknown:
-        raise KeyError(f"unknown RunSpec keys {sorted(unknown)}; known: {list(_SPEC_FIELDS)}")
+        raise KeyError(f"unknown RunSpec keys {sorted(unknown)}; known: {list(SPEC_FIELDS)}")
     kw = dict(d)
     kw["model_extra"] = tuple(sorted(dict(kw.get("model_extra", {})).items()))
     kw["operator"] = tuple(
@@ -302,215 +266,40 @@ def spec_from_json(text: str) -> RunSpec:
     return spec_from_dict(json.loads(text))
 
 
-def _key_types() -> dict[str, Any]:
-    """Every key a sweep may set -> its expected type (RunSpec fields, then model config keys)."""
-    types_: dict[str, Any] = {k: _SPEC_TYPES[k] for k in SPEC_KEYS}
-    for entry in _models().values():
-        hints = typing.get_type_hints(entry.config_cls)
-        for f in dataclasses.fields(entry.config_cls):
-            types_.setdefault(f.name, hints.get(f.name, Any))
-    return types_
+# ----------------------------------------------------------------------------- run ids in pieces
 
 
-# ----------------------------------------------------------------------------- sweeps
+def id_piece(name: str, value: Any) -> str:
+    """One field's item of the run id's canonical JSON, with its leading comma (``',"seed":3'``), or ""
+    where the field is left out (its id-neutral value). `run_id_of_pieces` over every field's piece of
+    a normalised spec, in `id_pieces` order, is that spec's `run_id` (tests/test_expand.py checks)."""
+    plain = _json_value(name, value)
+    if name in _ID_NEUTRAL and plain == _ID_NEUTRAL[name]:
+        return ""
+    return f",{json.dumps(name)}:{json.dumps(plain, sort_keys=True, separators=(',', ':'))}"
 
 
-@dataclass(frozen=True)
-class Sweep:
-    name: str
-    description: str
-    specs: tuple[RunSpec, ...]
+def id_pieces(spec: RunSpec) -> dict[str, str]:
+    """Field -> `id_piece` of the *normalised* spec `spec`, in the canonical JSON's key order."""
+    return {name: id_piece(name, getattr(spec, name)) for name in _ID_ORDER}
 
 
-_TOP_KEYS = ("sweep", "defaults", "grid")
-_SWEEP_KEYS = {"name": str, "description": str}
+def run_id_of_pieces(pieces: Iterable[str]) -> str:
+    """The run id from a normalised spec's `id_pieces` values, in order: a spec built field by field
+    (`bench.harness.grid`) gets its id without a normalisation or a JSON encoding per run."""
+    canonical = "{" + "".join(pieces)[1:] + "}"
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
 
 
-def _check_table(where: str, table: Any, key_types: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """Validate one table; return key -> list of values (a scalar becomes a one-element list)."""
-    if not isinstance(table, dict):
-        raise SweepError(f"{where}: expected a table, got {type(table).__name__}")
-    out: dict[str, list[Any]] = {}
-    if "operator" in table:
-        try:
-            settings = problem.flatten_operator_table(where, table["operator"])
-        except ValueError as err:
-            raise SweepError(str(err)) from None
-        table = {**{k: v for k, v in table.items() if k != "operator"}, **settings}
-    for key, raw in table.items():
-        if key.startswith(OPERATOR_PREFIX):  # checked per task, by the task's operator (_make_spec)
-            if isinstance(raw, list) and not raw:
-                raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value")
-            # A list is an axis; a list-valued setting (angles) is written as a list of lists.
-            out[key] = list(raw) if isinstance(raw, list) else [raw]
-            continue
-        if key not in key_types:
-            raise SweepError(f"{where}: unknown key {key!r}; allowed keys: {sorted(key_types)}")
-        values = raw if isinstance(raw, list) else [raw]
-        if isinstance(raw, list) and not raw:
-            hint = (
-                f" from {list(_CHOICES[key]())}"
-                if key in _CHOICES
-                else f" of type {type_name(key_types[key])}"
-            )
-            raise SweepError(f"{where}: key {key!r} is an empty axis; give at least one value{hint}")
-        checked = []
-        for v in values:
-            try:
-                v = coerce(v, key_types[key])
-            except TypeError:
-                raise SweepError(
-                    f"{where}: key {key!r} expects {type_name(key_types[key])}, got {v!r} "
-                    f"({type(v).__name__})"
-                ) from None
-            if key in _CHOICES:
-                allowed = _CHOICES[key]()
-                if v not in allowed:
-                    raise SweepError(
-                        f"{where}: key {key!r} has unknown value {v!r}; allowed: {list(allowed)}"
-                    )
-            checked.append(v)
-        out[key] = checked
-    return out
-
-
-def _make_spec(where: str, values: Mapping[str, Any], default_part: str) -> RunSpec:
-    for required in ("task", "model"):
-        if required not in values:
-            raise SweepError(f"{where}: missing required key {required!r}")
-    cfg_fields = _config_fields(values["model"])
-    spec_kw = {k: v for k, v in values.items() if k in _SPEC_FIELDS}
-    extra = {k: v for k, v in values.items() if k not in _SPEC_FIELDS and k in cfg_fields}
-    settings = {  # the keys this task's operator takes (the grid check made sure some task takes each)
-        k[len(OPERATOR_PREFIX) :]: v
-        for k, v in values.items()
-        if k.startswith(OPERATOR_PREFIX) and problem.operator_takes(values["task"], k[len(OPERATOR_PREFIX) :])
-    }
-    spec_kw.setdefault("part", default_part)
-    try:
-        spec = normalise(
-            RunSpec(
-                **spec_kw, model_extra=tuple(sorted(extra.items())), operator=tuple(sorted(settings.items()))
-            )
-        )
-        if spec.data:
-            sizes = (spec.n_train or 0, spec.n_val or 0, spec.n_test or 0)
-            _check_data(spec.data, spec.data_root, spec.data_split, *sizes)
-    except ValueError as err:
-        raise SweepError(f"{where}: {err}") from None
-    config_cls = _models()[spec.model].config_cls
-    try:
-        config_cls(**spec.model_kwargs())
-    except (TypeError, ValueError, KeyError) as err:
-        raise SweepError(f"{where}: model {spec.model!r} rejects its config: {err}") from None
-    try:
-        check_spec(spec)
-    except ValueError as err:
-        raise SweepError(f"{where}: {err}") from None
+def prechecked(fields: Mapping[str, Any], run_id: str) -> RunSpec:
+    """The RunSpec with these field values (every field given), taken as already normalised and
+    checked, with its run id already computed (`run_id_of_pieces`): no `__post_init__`, no
+    normalisation. Only for a caller that has checked each part of the spec, as the sweep expansion
+    does once per distinct part (`PER_VALUE_FIELDS`); anything else builds `RunSpec(...)`."""
+    spec = object.__new__(RunSpec)
+    spec.__dict__.update(fields)
+    spec.__dict__["run_id"] = run_id  # the cached_property's slot
     return spec
-
-
-def _check_operator_key(where: str, key: str, tasks: Sequence[str]) -> None:
-    if not any(problem.operator_takes(t, key) for t in tasks if t in _tasks()):
-        accepted = {t: sorted(problem.operator_class(t).SETTINGS) for t in tasks if t in _tasks()}
-        ops = {t: _tasks()[t].operator for t in accepted}
-        raise SweepError(
-            f"{where}: no operator of task(s) {list(tasks)} has the setting {key!r}; accepted settings: "
-            + "; ".join(f"operator {ops[t]!r} (task {t!r}): {keys}" for t, keys in accepted.items())
-        )
-
-
-@functools.lru_cache(maxsize=64)
-def _check_data(data: str, root: str, split: str, n_train: int, n_val: int, n_test: int) -> None:
-    """Check a dataset root once per sweep load (the sizes may need more of it than one spec)."""
-    problem.check_data(data, root, split, n_train, n_val, n_test)
-
-
-def expand(doc: Mapping[str, Any], *, default_name: str = "sweep") -> Sweep:
-    """Expand a parsed sweep document (the dict `tomllib` returns) into a `Sweep`."""
-    _check_data.cache_clear()  # a sweep load sees the data roots as they are now
-    unknown = set(doc) - set(_TOP_KEYS)
-    if unknown:
-        raise SweepError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {list(_TOP_KEYS)}")
-    meta = doc.get("sweep", {})
-    if not isinstance(meta, dict):
-        raise SweepError("[sweep]: expected a table with keys 'name', 'description'")
-    for key, value in meta.items():
-        if key not in _SWEEP_KEYS:
-            raise SweepError(f"[sweep]: unknown key {key!r}; allowed keys: {sorted(_SWEEP_KEYS)}")
-        if not isinstance(value, _SWEEP_KEYS[key]):
-            raise SweepError(f"[sweep]: key {key!r} expects str, got {value!r}")
-    name = meta.get("name", default_name)
-
-    key_types = _key_types()
-    defaults = _check_table("[defaults]", doc.get("defaults", {}), key_types)
-    grids = doc.get("grid", [{}])
-    if not isinstance(grids, list):
-        raise SweepError("'grid' must be an array of tables: write [[grid]], not [grid]")
-
-    specs: dict[str, RunSpec] = {}
-    for index, grid in enumerate(grids, start=1):
-        where = f"[[grid]] #{index}"
-        axes = dict(defaults)
-        grid_axes = _check_table(where, grid, key_types)
-        axes.update(grid_axes)
-        for key in axes:  # an operator setting must be one of at least one of the grid's tasks
-            if key.startswith(OPERATOR_PREFIX):
-                _check_operator_key(where, key[len(OPERATOR_PREFIX) :], axes.get("task", []))
-        for key in grid_axes:  # a key set in the grid must matter to at least one of its models
-            if (key in _SPEC_FIELDS and key not in MODEL_KEYS) or key.startswith(OPERATOR_PREFIX):
-                continue
-            takers = [m for m in axes.get("model", []) if key in _config_fields(m)]
-            if not takers:
-                raise SweepError(
-                    f"{where}: key {key!r} is not a config key of model(s) {axes.get('model', [])}"
-                )
-        keys = list(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            spec = _make_spec(where, dict(zip(keys, combo, strict=True)), name)
-            specs.setdefault(spec.run_id, spec)
-    return Sweep(name=name, description=meta.get("description", ""), specs=tuple(specs.values()))
-
-
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and expand a sweep TOML file; any problem raises SweepError."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise SweepError(f"cannot read sweep file {str(path)!r}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise SweepError(
-            f"sweep file {str(path)!r} is not UTF-8 (byte {err.object[err.start]:#04x} at offset"
-            f" {err.start}); TOML files must be UTF-8"
-        ) from None
-    return loads_sweep(text, default_name=path.stem, source=str(path))
-
-
-def loads_sweep(text: str, *, default_name: str = "sweep", source: str = "<string>") -> Sweep:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise SweepError(f"{source}: malformed TOML: {err}") from None
-    try:
-        return expand(doc, default_name=default_name)
-    except SweepError as err:
-        raise SweepError(f"{source}: {err}") from None
-
-
-def available_presets() -> list[str]:
-    """Names of the TOML presets shipped in bench/sweeps/."""
-    folder = importlib.resources.files("bench") / "sweeps"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def load_preset(name: str) -> Sweep:
-    """Load bench/sweeps/NAME.toml; an unknown name raises SweepError listing the presets."""
-    presets = available_presets()
-    if name not in presets:
-        raise SweepError(f"unknown preset {name!r}; available presets: {presets}")
-    text = (importlib.resources.files("bench") / "sweeps" / f"{name}.toml").read_text()
-    return loads_sweep(text, default_name=name, source=f"preset {name!r}")
 
 
 def spec_columns(spec: RunSpec) -> dict[str, Any]:

@@ -14,18 +14,27 @@ bare number is bytes; KB/MB/GB/TB are powers of 10, KiB/MiB/GiB/TiB powers of 2 
 `1.5GB`). Exit codes: 0 done (whatever the rows' statuses), 1 the sweep stopped on a write error or a
 dead fork server, 2 bad input (sweep file, size, option, --out) with nothing written, 130 / 143
 interrupted by SIGINT / SIGTERM.
+
+`--dry-run` writes nothing: it lists each run (run id, done/todo, its settings) as the expansion
+produces it, then `N runs in sweep NAME: D already done, T to run`; an invalid run stops it with exit
+2 after the lines before it, and a reader that closes its stdout early (`| head`) with exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.harness.expand import SweepPlan
+    from bench.harness.specs import RunSpec
 
 #: Size units of --memory-budget (upper-cased): KB.. powers of 10, KiB.. powers of 2.
 _UNITS: dict[str, int] = {
@@ -34,6 +43,8 @@ _UNITS: dict[str, int] = {
     "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
 }  # fmt: skip
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+#: A dry run flushes its listing at most this often (and at its first line), so a reader sees it grow.
+_FLUSH_EVERY_S = 0.5
 
 
 def parse_size(text: str) -> int:
@@ -108,9 +119,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _key_fields(row: dict[str, Any]) -> str:
+def _listing_line(spec: RunSpec, mark: str) -> str:
+    """A dry run's line for one normalised spec (its fields are the effective values)."""
+    head = f"{spec.run_id}  {mark}  {spec.part:<8} {spec.task:<8} {spec.model:<10}"
     keys = ("n_iters", "reg_depth", "reg_width", "solver", "tol", "max_iter", "backward", "steps")
-    return " ".join(f"{k}={row[k]}" for k in keys if row.get(k) is not None)
+    fields = " ".join(f"{k}={getattr(spec, k)}" for k in keys if getattr(spec, k) is not None)
+    extra = "".join(f" {k}={v}" for k, v in spec.model_extra)
+    extra += "".join(f" operator.{k}={v}" for k, v in spec.operator)
+    extra += f" data={spec.data}:{spec.data_split}" if spec.data else ""
+    extra += f" precision={spec.precision}" if spec.precision != "fp32" else ""
+    return f"{head} {fields}{extra}"
+
+
+def _dry_run(plan: SweepPlan, done: set[str]) -> int:
+    """List the runs as they are expanded (the first lines come before the grid is built), then the
+    counts; 2 at the first invalid run (its lines before it were listed), 1 if stdout closes early."""
+    from bench.harness.specs import SweepError
+
+    n_runs = n_done = 0
+    flushed_at = -math.inf
+    write = sys.stdout.write  # buffered; flushed below
+    try:
+        for spec in plan.runs():
+            mark = "done" if spec.run_id in done else "todo"
+            n_runs += 1
+            n_done += mark == "done"
+            write(_listing_line(spec, mark) + "\n")
+            now = time.monotonic()
+            if now - flushed_at >= _FLUSH_EVERY_S:  # the first line at once, then a few times a second
+                sys.stdout.flush()
+                flushed_at = now
+        print(f"{n_runs} runs in sweep {plan.name!r}: {n_done} already done, {n_runs - n_done} to run")
+        sys.stdout.flush()
+    except SweepError as err:
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`... --dry-run | head`): stop listing, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
 
 
 def _out_error(out: Path) -> str | None:
@@ -146,13 +194,15 @@ def _summary_line(specs: Sequence[Any], csv_path: Path, elapsed_s: float) -> str
 
 def main(args: argparse.Namespace) -> int:
     from bench.harness.children import ForkServerDied, SweepInterrupted
+    from bench.harness.expand import read_preset, read_sweep
     from bench.harness.launchers import LAUNCHERS, LaunchOptions, SlurmOptions, launch_slurm
     from bench.harness.owner import FolderOwned, own
     from bench.harness.results import WriteError, finished_run_ids
-    from bench.harness.specs import SweepError, load_preset, load_sweep, spec_columns
+    from bench.harness.specs import SweepError
 
     try:
-        sweep = load_preset(args.preset) if args.preset else load_sweep(args.file)
+        plan = read_preset(args.preset) if args.preset else read_sweep(args.file)
+        sweep = None if args.dry_run else plan.load()  # a real sweep checks every run before any starts
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -170,21 +220,10 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"error: cannot read {csv_path}: {err}", file=sys.stderr)
         return 2
+    if sweep is None:
+        return _dry_run(plan, done)
     todo = [s for s in sweep.specs if s.run_id not in done]
     n_done = len(sweep.specs) - len(todo)
-
-    if args.dry_run:
-        for spec in sweep.specs:
-            row = spec_columns(spec)
-            mark = "done" if spec.run_id in done else "todo"
-            head = f"{row['run_id']}  {mark}  {row['part']:<8} {row['task']:<8} {row['model']:<10}"
-            extra = "".join(f" {k}={v}" for k, v in spec.model_extra)
-            extra += "".join(f" operator.{k}={v}" for k, v in spec.operator)
-            extra += f" data={spec.data}:{spec.data_split}" if spec.data else ""
-            extra += f" precision={spec.precision}" if spec.precision != "fp32" else ""
-            print(f"{head} {_key_fields(row)}{extra}")
-        print(f"{len(sweep.specs)} runs in sweep {sweep.name!r}: {n_done} already done, {len(todo)} to run")
-        return 0
 
     problem = _out_error(out)
     if problem:
