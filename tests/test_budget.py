@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from bench import cli
+from bench.harness.estimate import SOLVER_STEP_MARGIN, MemoryEstimate, step_factor
 from bench.harness.expand import load_preset
 from bench.harness.results import read_rows
-from bench.harness.run import SOLVER_STEP_MARGIN, MemoryEstimate, step_factor
 from bench.harness.specs import RunSpec, normalise, spec_from_json, spec_to_json
 from bench.schema import OVER_BUDGET
 from models.deq import DEQStats

@@ -225,3 +225,100 @@ def test_non_utf8_sweep_file_is_a_one_line_error(tmp_path: Path, capsys) -> None
 def test_copy_of_fixture_reads_the_same(tmp_path: Path) -> None:
     shutil.copy(FIXTURE, tmp_path / "runs.csv")
     assert len(read_rows(tmp_path / "runs.csv")) == len(FIXTURE.read_text().splitlines()) - 1
+
+
+# ----------------------------------------------------------------------------- older tables resume
+
+
+def _older_table(csv: Path, n_new: int) -> tuple[list[str], list[dict[str, str]]]:
+    """A runs.csv written before the schema's last `n_new` columns (all in LATER_COLUMNS), with an extra
+    trailing column of the user's: its header and rows, as written."""
+    from bench.schema import LATER_COLUMNS
+
+    old = list(COLUMNS[:-n_new])
+    assert set(COLUMNS[-n_new:]) <= set(LATER_COLUMNS)
+    header = [*old, "note"]
+    rows = [
+        {**dict.fromkeys(old, ""), "run_id": rid, "status": "ok", "task": "deblur", "model": "lu",
+         "tracked_peak_bytes": str(1000 + i), "error": "a, b | c", "note": f"n{i}"}
+        for i, rid in enumerate(["a", "b"])
+    ]  # fmt: skip
+    text = ",".join(header) + "\n" + "".join(append_format(r, header) for r in rows)
+    csv.write_text(text)
+    return header, rows
+
+
+def append_format(row: dict[str, str], header: list[str]) -> str:
+    from bench.harness.results import format_record
+
+    return format_record(row, header)
+
+
+def test_an_older_table_is_upgraded_in_place_and_resumes_keeping_every_cell(tmp_path: Path) -> None:
+    csv = tmp_path / "runs.csv"
+    _, old_rows = _older_table(csv, n_new=6)
+    append_row(csv, _row("c", tracked_peak_bytes=7))
+    assert csv.read_text().splitlines()[0].split(",") == [*COLUMNS, "note"]
+    rows = read_rows(csv)
+    assert [r["run_id"] for r in rows] == ["a", "b", "c"]
+    for old, new in zip(old_rows, rows, strict=False):
+        assert {k: new[k] for k in old} == old  # every cell kept, the user's column too
+        assert all(new[c] == "" for c in COLUMNS[-6:])  # the new columns read as not measured
+    assert rows[2]["note"] == "" and rows[2]["tracked_peak_bytes"] == "7"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_table_missing_a_required_column_is_refused_untouched(tmp_path: Path) -> None:
+    csv = tmp_path / "runs.csv"
+    header = [c for c in COLUMNS if c != "psnr_db"]  # psnr_db was there from the start
+    csv.write_text(",".join(header) + "\n")
+    before = csv.read_bytes()
+    with pytest.raises(ValueError, match="refusing to append"):
+        append_row(csv, _row("a"))
+    assert csv.read_bytes() == before
+
+
+def test_a_full_disk_during_the_upgrade_leaves_the_older_table_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    csv = tmp_path / "runs.csv"
+    _older_table(csv, n_new=4)
+    before = csv.read_bytes()
+    _Disk(monkeypatch, "runs.csv.upgrade.tmp", capacity=100, chunk=4096)
+    with pytest.raises(WriteError, match=r"cannot upgrade the header of .*runs\.csv: No space left"):
+        append_row(csv, _row("c"))
+    assert csv.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    append_row(csv, _row("c"))
+    assert [r["run_id"] for r in read_rows(csv)] == ["a", "b", "c"]
+
+
+def test_a_sweep_resumes_into_a_folder_written_before_the_newest_columns(tmp_path: Path) -> None:
+    import csv as csvlib
+
+    sweep = _sweep(tmp_path / "t.toml", [1, 2])
+    out = tmp_path / "out"
+    table = out / "runs.csv"
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet", "--max-runs", "1"]) == 0
+    n_old = len(COLUMNS) - 4  # as if the last four columns came later
+    with open(table, newline="") as f:
+        records = [fields[:n_old] for fields in csvlib.reader(f)]
+    with open(table, "w", newline="") as f:
+        csvlib.writer(f, lineterminator="\n").writerows(records)
+    (first,) = read_rows(table)
+    assert first["status"] == "ok" and first["estimated_bytes"] == ""
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 0
+    rows = read_rows(table)
+    assert sorted(r["run_id"] for r in rows) == sorted(s.run_id for s in load_sweep(sweep).specs)
+    assert rows[0] == first and rows[1]["estimated_bytes"] != ""  # the older row kept, cell for cell
+
+
+def test_an_older_tables_budget_refusal_is_evaluated_again_but_a_real_oom_is_kept(tmp_path: Path) -> None:
+    from bench.harness.results import finished_run_ids
+
+    table = tmp_path / "runs.csv"
+    refusal = "would not fit: estimated 900 bytes (tracked peak 800 + resident 100) > budget 512 bytes"
+    append_row(table, _row("a", "oom", error=refusal))
+    append_row(table, _row("b", "oom", error="OutOfMemoryError: CUDA out of memory"))
+    assert finished_run_ids(table) == {"b"}
+    assert finished_run_ids(table, memory_budget_bytes=512) == {"b"}

@@ -10,7 +10,12 @@ is continued until the whole line is down, and a write that fails (a full disk, 
 append, so the rows already there stay whole. Concurrent workers (a local pool, SLURM array jobs on a
 shared file system with working flock) therefore never interleave. Every value is written on one
 physical line (newlines in messages become " | "). A table whose header has extra columns after the
-schema's (allowed: "extra columns may follow") gets rows padded with empty cells to its width.
+schema's (allowed: "extra columns may follow") gets rows padded with empty cells to its width. A table
+written before columns were added to the schema (its header lacks some of `LATER_COLUMNS`) is upgraded
+before the append, so an older sweep folder resumes: under the lock, every row is rewritten under
+the current header (the new columns empty, extra trailing columns kept after them) into a temporary
+file beside it, fsynced, and renamed over the table: a reader sees the old table or the new one,
+never a mix, and a failure (a full disk) leaves the old table as it was.
 
 Reading: `read_table` is the one reader of these files, for every consumer (sweeps resuming, plots,
 reports): the bytes must be UTF-8 (else ValueError naming the file, line and byte), the header must
@@ -22,8 +27,10 @@ warning naming its line. `read_rows` is `read_table` for `runs.csv`. Several row
 Resuming: a sweep skips every run_id already present, whatever its status, with one exception: a
 row with status `over_budget` is a verdict of the --memory-budget it was checked against (its
 `memory_budget_bytes`), so a sweep with another budget, or none, runs it again; the same budget
-skips it. With `retry_failed`, run_ids whose latest row is `error` or `timeout` are run again (their
-new row is appended); `ok`, `oom` and `diverged` are results, never retried.
+skips it (a table written before that status recorded such a refusal as `oom` with "would not fit:
+estimated ...": it is evaluated again too). With `retry_failed`, run_ids whose latest row is
+`error` or `timeout` are run again (their new row is appended); `ok`, `oom` and `diverged` are
+results, never retried.
 """
 
 from __future__ import annotations
@@ -137,6 +144,60 @@ def _header(fd: int) -> list[str]:
     return next(csv.reader([line]), []) if line else []
 
 
+def upgraded_header(
+    header: Sequence[str], columns: Sequence[str], optional: Sequence[str]
+) -> list[str] | None:
+    """The header a table should have to take rows of `columns`, when it differs from `header` only by
+    missing `optional` columns (extra trailing columns kept after the schema's); None when `header`
+    needs no upgrade or cannot be upgraded (the append then refuses it)."""
+    header = [h.strip() for h in header]
+    known = [h for h in header if h in columns]
+    extras = [h for h in header if h not in columns]
+    missing = [c for c in columns if c not in known]
+    if not missing or header != known + extras or known != [c for c in columns if c in known]:
+        return None
+    if any(c not in optional for c in missing):
+        return None
+    return [*columns, *extras]
+
+
+def _upgrade_header(path: Path, columns: Sequence[str], optional: Sequence[str]) -> None:
+    """Rewrite `path` under the upgraded header (caller holds the lock); a no-op when none is needed."""
+    if not optional or not path.exists() or path.stat().st_size == 0:
+        return
+    text = path.read_bytes().decode("utf-8", errors="strict")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a torn last line: repaired on append anyway
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    target = upgraded_header(header, columns, optional)
+    if target is None:
+        return
+    lines = [",".join(target) + "\n"]
+    for fields in reader:
+        if len(fields) > len(header):
+            raise ValueError(f"{path}: line {reader.line_num} has more fields than its header; not upgraded")
+        cells = dict(zip(header, fields + [""] * (len(header) - len(fields)), strict=True))
+        lines.append(format_record({h.strip(): v for h, v in cells.items()}, target))
+    tmp = path.with_name(path.name + ".upgrade.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, "".join(lines).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(err.errno, f"cannot upgrade the header of {path}: {err.strerror or err}") from None
+
+
 def repair(path: str | Path) -> None:
     """Drop a torn last line of `path` under the lock (a no-op for a missing or clean file)."""
     path = Path(path)
@@ -150,10 +211,13 @@ def repair(path: str | Path) -> None:
             os.close(fd)
 
 
-def append_record(path: str | Path, row: Mapping[str, Any], columns: Sequence[str]) -> None:
-    """Append one row of a table with `columns` atomically (lock, repair a torn tail, header if empty,
-    checked write, fsync). Raises WriteError (file and cause) when the row could not be written; the
-    file is then truncated back to its size before the append."""
+def append_record(
+    path: str | Path, row: Mapping[str, Any], columns: Sequence[str], optional: Sequence[str] = ()
+) -> None:
+    """Append one row of a table with `columns` atomically (lock, repair a torn tail, upgrade a header
+    that lacks only `optional` columns, header if empty, checked write, fsync). Raises WriteError (file
+    and cause) when the row could not be written; the file is then truncated back to its size before
+    the append."""
     path = Path(path)
     line = format_record(row, columns).encode()
     try:
@@ -161,6 +225,7 @@ def append_record(path: str | Path, row: Mapping[str, Any], columns: Sequence[st
     except OSError as err:
         raise WriteError(err.errno, f"cannot create the folder of {path}: {err.strerror}") from None
     with locked(path):
+        _upgrade_header(path, columns, optional)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -201,7 +266,7 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
     """Append one run row to `runs.csv` (see `append_record`); an unknown status raises ValueError."""
     if row.get("status") not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {row.get('status')!r}")
-    append_record(path, row, COLUMNS)
+    append_record(path, row, COLUMNS, LATER_COLUMNS)
 
 
 def read_table(
@@ -280,6 +345,10 @@ def _budget_of(row: Mapping[str, str]) -> int | None:
         return None
 
 
+#: How tables written before the `over_budget` status recorded a budget refusal: status oom, this error.
+_OLD_BUDGET_REFUSAL = "would not fit: estimated"
+
+
 def finished_run_ids(
     path: str | Path, *, retry_failed: bool = False, memory_budget_bytes: int | None = None
 ) -> set[str]:
@@ -290,6 +359,8 @@ def finished_run_ids(
     for run_id, row in latest_rows(path).items():
         if retry_failed and row["status"] in RETRYABLE:
             continue
+        if row["status"] == "oom" and row.get("error", "").startswith(_OLD_BUDGET_REFUSAL):
+            continue  # an older table's budget refusal (recorded as oom, its budget not kept)
         if row["status"] == OVER_BUDGET:
             budget = _budget_of(row)
             if budget is None or budget != memory_budget_bytes:

@@ -26,10 +26,10 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    and left alive (Adam's state, a cache a model builds on its first call and keeps, the last step's
    solver statistics), which neither the per-step peaks nor the static sizes would show.
 3. "Would it fit?": every run gets ``estimated_bytes``, a conservative estimate of the whole run's
-   peak of device memory (`MemoryEstimate`: the larger of the set-up peak and what is resident plus
-   a step, plus `CUDA_OVERHEAD_BYTES` on CUDA). With ``memory_budget_bytes`` (recorded in the row) an
-   estimate over the budget stops the run with status ``over_budget`` and "would not fit: estimated X
-   bytes > budget Y bytes (...)": no timing, no training.
+   peak of device memory (`bench.harness.estimate.MemoryEstimate`: the larger of the set-up peak and
+   what is resident plus a step, plus `CUDA_OVERHEAD_BYTES` on CUDA). With ``memory_budget_bytes``
+   (recorded in the row) an estimate over the budget stops the run with status ``over_budget`` and
+   "would not fit: estimated X bytes > budget Y bytes (...)": no timing, no training.
 4. Training (``steps > 0``): the model reset to its initial state (a CPU copy taken before the
    measurement steps, so they do not leak into training) and trained by `bench.harness.train.train` for
    at most ``steps`` steps with a fresh Adam (validation, plateau stopping and the learning-rate
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +64,7 @@ from torch import nn
 
 from bench.data import seeds
 from bench.harness import problem
+from bench.harness.estimate import CUDA_OVERHEAD_BYTES, BudgetExceeded, MemoryEstimate, step_factor
 from bench.harness.specs import RunSpec, normalise, spec_columns
 from bench.harness.train import (
     CurvePoint,
@@ -76,80 +76,7 @@ from bench.harness.train import (
     train,
     train_step,
 )
-from bench.schema import COLUMNS, OVER_BUDGET, SOLVER_COLUMNS, SOLVER_MODELS
-
-
-class BudgetExceeded(RuntimeError):
-    """The estimated memory of the run is over the --memory-budget (status ``over_budget``)."""
-
-
-# ----------------------------------------------------------------------------- the memory estimate
-
-#: Device memory a CUDA process holds outside the caching allocator's allocated bytes, which are all
-#: that the allocator-level peaks count: the CUDA context (driver state and the kernel images it
-#: loads), the cuBLAS and cuDNN handles with their workspaces, and the caching allocator's own slack
-#: (blocks rounded up, segments reserved but not handed out). The context alone is several hundred MiB
-#: on current GPUs and grows as libraries load their kernels, so one GiB is added to every CUDA
-#: estimate. Off CUDA the estimate is host memory, and the process's own overhead is not counted.
-CUDA_OVERHEAD_BYTES = 2**30
-
-#: Extra fraction of the measured step peak for models that solve fixed points (`SOLVER_MODELS`). Such
-#: a step allocates per solver iteration (Anderson's mixing terms from the second iteration on, another
-#: path once some samples of a batch have converged and others not), and how many iterations its
-#: solves take changes as the weights train, so a later step can peak above the measured warm one.
-SOLVER_STEP_MARGIN = 0.25
-
-
-def step_factor(spec: RunSpec, stats: Sequence[Any]) -> float:
-    """What the estimate multiplies the measured step peak by: 1 for models without fixed-point solves,
-    ``1 + SOLVER_STEP_MARGIN`` for those with; with ``backward = "unrolled"`` (whose graph grows with
-    every forward iteration) also ``max_iter`` over the fewest forward iterations of a measured solve
-    (`stats`: the warm step's DEQ stats; none measured counts as one iteration)."""
-    if spec.model not in SOLVER_MODELS:
-        return 1.0
-    factor = 1.0 + SOLVER_STEP_MARGIN
-    if spec.backward == "unrolled" and spec.max_iter is not None:
-        fewest = min((int(st.forward.iters) for st in stats), default=1)
-        factor *= spec.max_iter / max(1, fewest)
-    return factor
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """A conservative estimate of a run's whole peak of device memory, from allocator-level meters.
-
-    setup_peak_bytes: the peak of building the task, the model and the held-out measurements, and of
-    the warm-up steps after it (``max(build peak, build end + warm-up peak)``): task building can
-    dwarf a step (the CT operator's matrix is assembled through temporaries many times its size).
-    resident_bytes: what is allocated between steps: what the build left (the task's images and
-    cached measurements, the operator, the model, the measurement batch, the data sources a task
-    caches, on CPU the copy of the initial state), the optimiser state, and what the measured steps
-    left alive. step_bytes: the allocator-level peak of a warm step (``alloc_peak_bytes``) or of one
-    evaluation batch, whichever is larger, times `step_factor`. batch_bytes: what the training loop
-    holds beside a step (its own batch of images and measurements, its batch order, on CPU with
-    patience the copy of the best weights; 0 for a run that does not train). overhead_bytes:
-    `CUDA_OVERHEAD_BYTES` on CUDA, else 0.
-    """
-
-    setup_peak_bytes: int
-    resident_bytes: int
-    step_bytes: int
-    batch_bytes: int
-    overhead_bytes: int
-
-    @property
-    def estimated_bytes(self) -> int:
-        steps = self.resident_bytes + self.step_bytes + self.batch_bytes
-        return max(self.setup_peak_bytes, steps) + self.overhead_bytes
-
-    def describe(self) -> str:
-        """The estimate's terms in words, for the message of an over-budget row."""
-        cuda = f" + CUDA overhead {self.overhead_bytes}" if self.overhead_bytes else ""
-        return (
-            f"the larger of the set-up peak {self.setup_peak_bytes} and resident {self.resident_bytes}"
-            f" + step {self.step_bytes} + training batch {self.batch_bytes}{cuda}"
-        )
-
+from bench.schema import COLUMNS, OVER_BUDGET, SOLVER_COLUMNS
 
 # ----------------------------------------------------------------------------- helpers
 
