@@ -11,13 +11,8 @@ import torch.nn.functional as F
 
 from bench.harness.run import prepare
 from bench.harness.specs import RunSpec
-from bench.meters.memory import (
-    LiveStorageTracker,
-    alloc_step_peak,
-    cpu_alloc_peak,
-    measure_step_memory,
-    steady_memory,
-)
+from bench.meters.allocator import alloc_step_peak, cpu_alloc_peak
+from bench.meters.memory import LiveStorageTracker, measure_step_memory, steady_memory
 
 F32 = 4
 TINY: dict[str, Any] = dict(batch_size=2, image_size=16, n_train=2, n_test=1, reg_width=8, device="cpu")

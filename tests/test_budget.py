@@ -92,7 +92,7 @@ def _whole_run_peak(spec_json: str) -> tuple[str, int, int, bool]:
     reports every allocation (+bytes) and free (-bytes) to it, and the peak of their running sum in
     time order is the run's peak (everything the run allocates counts: the process had allocated
     nothing for it before). The run's own CPU allocator meters open a profiler of their own, which
-    would end this one's session, so `bench.meters.memory.cpu_alloc_peak` (the one function through
+    would end this one's session, so `bench.meters.allocator.cpu_alloc_peak` (the one function through
     which they all profile) is replaced by a plain call of its argument: the run then allocates
     exactly what it would, and this profiler sees it. Returns the status, the peak, how many times
     the run's meter was called, and whether the profiler was still recording when the run returned.
@@ -100,17 +100,17 @@ def _whole_run_peak(spec_json: str) -> tuple[str, int, int, bool]:
     from torch.autograd.profiler import profile, record_function
 
     from bench.harness.run import run_spec
-    from bench.meters import memory
+    from bench.meters import allocator
 
     calls = 0
 
-    def plain_call(fn: Any) -> memory.AllocPeak:
+    def plain_call(fn: Any) -> allocator.AllocPeak:
         nonlocal calls
         calls += 1
         fn()
-        return memory.AllocPeak(peak_bytes=0, end_bytes=0)
+        return allocator.AllocPeak(peak_bytes=0, end_bytes=0)
 
-    memory.cpu_alloc_peak = plain_call  # type: ignore[assignment]  # this process only
+    allocator.cpu_alloc_peak = plain_call  # type: ignore[assignment]  # this process only
     spec = spec_from_json(spec_json)
     with profile(use_cpu=True, profile_memory=True, use_kineto=True) as prof:
         row = run_spec(spec)

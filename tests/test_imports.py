@@ -110,3 +110,9 @@ def test_imports_go_one_way_down_the_floors() -> None:
     graph = import_graph()
     assert graph["bench"] == set(), "bench/__init__.py imports nothing of the project"
     assert upward_imports(graph) == []
+
+
+def test_no_module_is_over_450_lines() -> None:
+    paths = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    long = {str(p.relative_to(ROOT)): n for p in paths if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}

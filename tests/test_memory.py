@@ -13,10 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from bench.meters.allocator import cuda_step_peak
 from bench.meters.memory import (
     LiveStorageTracker,
     MemoryReport,
-    cuda_step_peak,
     grad_bytes,
     measure_step_memory,
     module_bytes,

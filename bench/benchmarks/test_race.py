@@ -58,7 +58,8 @@ from torch import Tensor, nn
 
 from bench.benchmarks.common import dispatched_ops
 from bench.data.tasks import build_task
-from bench.meters.memory import LiveStorageTracker, alloc_step_peak, steady_memory
+from bench.meters.allocator import alloc_step_peak
+from bench.meters.memory import LiveStorageTracker, steady_memory
 from bench.meters.timing import synchronize
 from models import build_model
 from models.luser import LUSER

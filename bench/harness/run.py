@@ -8,7 +8,7 @@ Steps (each fills its columns, so a run that fails late keeps what it measured):
    (`bench.data.seeds`): its initialisation is reproducible and the caller's global RNG state is
    left untouched. The task's held-out measurements (validation and test, cached by the task) are
    made here too, and a CPU copy of the model's initial state is taken; all of it at the allocator
-   (`bench.meters.memory.alloc_call`): the peak of the build and what it leaves resident.
+   (`bench.meters.allocator.alloc_call`): the peak of the build and what it leaves resident.
 2. Measurement on one fixed batch (the first ``batch_size`` training images, noise from the run's
    ``measure_noise`` stream): ``warmup_steps`` training steps (Adam state and cuDNN set-up happen
    here; at the allocator too), then one warm step under `bench.meters.memory.measure_step_memory`
@@ -248,8 +248,9 @@ def _training_bytes(spec: RunSpec, run: PreparedRun, *, copies_best: bool) -> in
 def _execute(
     spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None, curve: list[CurvePoint]
 ) -> None:
+    from bench.meters.allocator import alloc_call, alloc_step_peak
     from bench.meters.environment import environment_columns
-    from bench.meters.memory import alloc_call, alloc_step_peak, module_bytes, optimizer_state_bytes
+    from bench.meters.memory import module_bytes, optimizer_state_bytes
     from bench.meters.nvml import nvml_columns
     from bench.meters.timing import time_steps
 
