@@ -111,7 +111,8 @@ def test_dry_run_lists_runs_and_counts_done(tmp_path: Path, capsys: pytest.Captu
     assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == f"{len(specs)} runs in sweep 'smoke': 2 already done, {len(specs) - 2} to run"
-    assert lines[0].startswith(f"{specs[0].run_id}  done  smoke")
+    assert lines[0].startswith(f"sweep 'smoke': up to {len(specs)} runs in its grids")
+    assert lines[1].startswith(f"{specs[0].run_id}  done  smoke")
     assert cli.main(["sweep", "--preset", "smoke", "--out", str(out), "--dry-run", "--retry-failed"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"1 already done, {len(specs) - 1} to run")
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written

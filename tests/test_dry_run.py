@@ -26,18 +26,18 @@ BIG = (
 
 
 class _Recorder(io.StringIO):
-    """A stdout that notes how many runs were expanded when the first line was written, and how many
-    lines it held when it was first flushed."""
+    """A stdout that notes how many runs were expanded when each of its first lines was written, and
+    how many lines it held when it was first flushed."""
 
     def __init__(self, expanded: list[int]) -> None:
         super().__init__()
         self.expanded = expanded
-        self.expanded_at_first_write: int | None = None
+        self.expanded_at_write: list[int] = []
         self.lines_at_first_flush: int | None = None
 
     def write(self, text: str) -> int:
-        if self.expanded_at_first_write is None:
-            self.expanded_at_first_write = self.expanded[0]
+        if text.strip() and len(self.expanded_at_write) < 2:  # print writes its newline apart
+            self.expanded_at_write.append(self.expanded[0])
         return super().write(text)
 
     def flush(self) -> None:
@@ -68,11 +68,13 @@ def test_dry_run_streams_a_large_grid_as_it_expands(tmp_path: Path, monkeypatch:
     monkeypatch.undo()
 
     lines = recorder.getvalue().splitlines()
-    assert recorder.expanded_at_first_write == 1  # the first line came right after the first run
-    assert recorder.lines_at_first_flush == 1  # ... and was flushed at once
+    # the grid's size before any run is built, flushed at once; the first run's line right after it
+    assert lines[0] == "sweep 'big': up to 100000 runs in its grids (before checks and de-duplication)"
+    assert recorder.expanded_at_write[0] == 0 and recorder.lines_at_first_flush == 1
+    assert recorder.expanded_at_write[1] == 1
     assert expanded[0] == 10**5
     assert lines[-1] == "100000 runs in sweep 'big': 1 already done, 99999 to run"
-    listing = lines[:-1]
+    listing = lines[1:-1]
     assert len(listing) == 10**5 and len({line[:12] for line in listing}) == 10**5
     assert listing[54321].startswith(f"{done.run_id}  done  big      deblur   lu         n_iters=")
     assert sum("  done  " in line for line in listing) == 1
@@ -106,7 +108,8 @@ def test_dry_run_lines_are_the_spec_columns(
     assert cli.main([*argv, "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     marks = ["done" if i == 3 else "todo" for i in range(len(specs))]
-    assert lines[:-1] == [_line_from_columns(s, m) for s, m in zip(specs, marks, strict=True)]
+    assert lines[0].startswith("sweep '") and "runs in its grids" in lines[0]
+    assert lines[1:-1] == [_line_from_columns(s, m) for s, m in zip(specs, marks, strict=True)]
     assert lines[-1].endswith(f": 1 already done, {len(specs) - 1} to run")
 
 
@@ -124,7 +127,9 @@ def test_an_invalid_later_run_stops_the_dry_run_and_the_sweep_with_exit_2(
     out = tmp_path / "out"
     assert cli.main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 2
     captured = capsys.readouterr()
-    assert [line.split()[1] for line in captured.out.splitlines()] == ["todo"] * 4  # the valid ones
+    head, *listed = captured.out.splitlines()
+    assert head == "sweep 'bad': up to 7 runs in its grids (before checks and de-duplication)"
+    assert [line.split()[1] for line in listed] == ["todo"] * 4  # the valid ones
     assert "[[grid]] #2: model 'lu' rejects its config: n_iters must be >= 1, got 0" in captured.err
     # A real sweep checks every run before it starts any: nothing is written.
     assert cli.main(["sweep", str(path), "--out", str(out)]) == 2
@@ -149,3 +154,18 @@ def test_summary_line_counts_statuses_and_what_is_left(tmp_path: Path) -> None:
     assert sweep._summary_line(specs, tmp_path / "none.csv", 0.0) == (
         f"finished in 0.0 s: no rows; {len(specs)} run(s) still to run"
     )
+
+
+@pytest.mark.parametrize("preset", ["smoke", "paper", "gate", "cpu-study", "deblur-plateau"])
+def test_grid_size_bounds_the_runs_and_is_exact_without_duplicates(preset: str) -> None:
+    from bench.harness.expand import read_preset
+
+    plan = read_preset(preset)
+    n_runs = len(plan.load().specs)
+    assert plan.grid_size() >= n_runs
+    assert parse_sweep(BIG).grid_size() == 10**5  # every combination distinct: exact
+    dup = "[defaults]\ntask = 'deblur'\nmodel = ['lu', 'classical']\nn_iters = [1, 2]\nsteps = 0\n"
+    dup_plan = parse_sweep(dup)
+    assert dup_plan.grid_size() == 4 and len(dup_plan.load().specs) == 4
+    ops = "[defaults]\ntask = 'ct'\nmodel = 'lu'\n[[grid]]\noperator.n_angles = [30, 60, 90]\nseed = [0, 1]\n"
+    assert parse_sweep(ops).grid_size() == 6 == len(parse_sweep(ops).load().specs)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -219,9 +220,37 @@ class SweepPlan:
                 raise
             raise SweepError(f"{self.source}: {err}") from None
 
+    def grid_size(self) -> int:
+        """Runs the grids describe before checks and de-duplication (each grid's axes over the defaults,
+        a list being an axis): read off the document alone, so known before anything is imported or
+        expanded. An upper bound of `len(self.load().specs)`."""
+        defaults = self.doc.get("defaults", {})
+        grids = self.doc.get("grid", [{}])
+        if not isinstance(defaults, dict) or not isinstance(grids, list):
+            return 0
+        total = 0
+        for grid in grids:
+            if not isinstance(grid, dict):
+                continue
+            n = 1
+            for table in _axis_tables({**defaults, **grid}, defaults, grid):
+                n *= math.prod(len(v) for v in table.values() if isinstance(v, list))
+            total += n
+        return total
+
     def load(self) -> Sweep:
         """Every run, expanded and checked (SweepError before any is returned)."""
         return Sweep(name=self.name, description=self.description, specs=tuple(self.runs()))
+
+
+def _axis_tables(
+    merged: Mapping[str, Any], defaults: Mapping[str, Any], grid: Mapping[str, Any]
+) -> list[Any]:
+    """The tables whose list values are axes of one grid: its keys over the defaults, and its
+    ``operator`` table over the defaults' (``operator.KEY`` settings merge key by key)."""
+    operator = {**(defaults.get("operator") or {}), **(grid.get("operator") or {})}
+    top = {k: v for k, v in merged.items() if k != "operator"}
+    return [top, operator] if isinstance(operator, dict) else [top]
 
 
 def _expand_runs(doc: Mapping[str, Any], name: str) -> Iterator[RunSpec]:

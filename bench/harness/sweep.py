@@ -132,10 +132,14 @@ def _listing_line(spec: RunSpec, mark: str) -> str:
 
 
 def _dry_run(plan: SweepPlan, done: set[str]) -> int:
-    """List the runs as they are expanded (the first lines come before the grid is built), then the
-    counts; 2 at the first invalid run (its lines before it were listed), 1 if stdout closes early."""
+    """The grids' size first (read off the file), then the runs as they are expanded (the first
+    lines come before the grid is built), then the counts; 2 at the first invalid run (its lines
+    before it were listed), 1 if stdout closes early."""
     from bench.harness.specs import SweepError
 
+    n_grid = plan.grid_size()
+    print(f"sweep {plan.name!r}: up to {n_grid} runs in its grids (before checks and de-duplication)")
+    sys.stdout.flush()
     n_runs = n_done = 0
     flushed_at = -math.inf
     write = sys.stdout.write  # buffered; flushed below
