@@ -213,6 +213,33 @@ def test_unusable_out_paths_are_one_line_errors(tmp_path: Path, capsys) -> None:
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_out_on_a_read_only_file_system_is_a_one_line_error(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a read-only mount answers (EROFS to mkdir, access(W_OK) False even for root), imitated:
+    the test runs as root, for whom permission bits prove nothing."""
+    sweep = _sweep(tmp_path / "t.toml", [1])
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access, real_mkdir = os.access, Path.mkdir
+
+    def access(path: object, mode: int, *a: object, **k: object) -> bool:
+        return False if Path(str(path)).is_relative_to(ro) and mode & os.W_OK else real_access(path, mode)
+
+    def mkdir(self: Path, *a: object, **k: object) -> None:
+        if self.is_relative_to(ro) and not self.exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real_mkdir(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    for out, expected in ((ro, "the folder is not writable"), (ro / "sub", "Read-only file system")):
+        assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(ro.iterdir()) == []
+
+
 def test_non_utf8_sweep_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     sweep = tmp_path / "bad.toml"
     sweep.write_bytes(b'[sweep]\nname = "caf\xe9"\n')
