@@ -30,6 +30,7 @@ class CudaPeak:
 
     allocated_bytes: int
     reserved_bytes: int
+    end_bytes: int = 0  # what the call left allocated
 
 
 def cuda_device(device: torch.device | str) -> torch.device | None:
@@ -59,6 +60,7 @@ def cuda_step_peak(fn: Callable[[], Any], device: torch.device | str) -> CudaPea
     return CudaPeak(
         allocated_bytes=torch.cuda.max_memory_allocated(cuda) - base_allocated,
         reserved_bytes=torch.cuda.max_memory_reserved(cuda) - base_reserved,
+        end_bytes=torch.cuda.memory_allocated(cuda) - base_allocated,
     )
 
 
@@ -117,8 +119,7 @@ def alloc_step_peak(fn: Callable[[], Any], device: torch.device | str) -> int:
     CPU allocator's peak (`cpu_alloc_peak`). Call it on a warm step of its own, never around a timed
     one: the CPU profiler slows the step.
     """
-    cuda = cuda_step_peak(fn, device) if cuda_device(device) is not None else None
-    return cpu_alloc_peak(fn).peak_bytes if cuda is None else cuda.allocated_bytes
+    return alloc_call(fn, device).peak_bytes
 
 
 def alloc_call(fn: Callable[[], Any], device: torch.device | str) -> AllocPeak:
@@ -131,15 +132,7 @@ def alloc_call(fn: Callable[[], Any], device: torch.device | str) -> AllocPeak:
     overstate what the call left. Used around set-up work (building a task, warm-up steps), where
     the whole of what the call allocates matters, not one step's share of it.
     """
-    cuda = cuda_device(device)
+    cuda = cuda_step_peak(fn, device)
     if cuda is None:
         return cpu_alloc_peak(fn)
-    synchronize(cuda)
-    torch.cuda.reset_peak_memory_stats(cuda)
-    base_bytes = torch.cuda.memory_allocated(cuda)
-    fn()
-    synchronize(cuda)
-    return AllocPeak(
-        peak_bytes=torch.cuda.max_memory_allocated(cuda) - base_bytes,
-        end_bytes=torch.cuda.memory_allocated(cuda) - base_bytes,
-    )
+    return AllocPeak(peak_bytes=cuda.allocated_bytes, end_bytes=cuda.end_bytes)
