@@ -248,25 +248,34 @@ def _training_bytes(spec: RunSpec, run: PreparedRun, *, copies_best: bool) -> in
 def _execute(
     spec: RunSpec, row: dict[str, Any], memory_budget_bytes: int | None, curve: list[CurvePoint]
 ) -> None:
-    from bench.meters.allocator import alloc_call, alloc_step_peak
+    """The run's phases in order, each filling its columns of `row` (module docstring, steps 1-5)."""
+    from bench.meters.allocator import alloc_call
     from bench.meters.environment import environment_columns
-    from bench.meters.memory import module_bytes, optimizer_state_bytes
-    from bench.meters.nvml import nvml_columns
-    from bench.meters.timing import time_steps
 
     row.update(environment_columns(resolve_device(spec)))
     built: list[tuple[PreparedRun, dict[str, torch.Tensor]]] = []
     build = alloc_call(lambda: built.append(_build(spec)), resolve_device(spec))
     run, init_state = built.pop()
-    device, task, model, op = run.device, run.task, run.model, run.task.operator
-    row["operator_bytes"] = module_bytes(op)
-    params = [p for p in model.parameters() if p.requires_grad]
+    warm, mem = _measure(spec, run, row)
+    _check_budget(spec, run, row, build, warm, mem, memory_budget_bytes)
+    _time(spec, run, row)
+    _train_and_evaluate(spec, run, row, init_state, curve)
+
+
+def _measure(spec: RunSpec, run: PreparedRun, row: dict[str, Any]) -> tuple[Any, Any]:
+    """Static sizes, the warm-up (allocator view and what it leaves alive), then the warm steps'
+    memory and NVML's view. Returns the warm-up's `AllocPeak` and the `MemoryReport`."""
+    from bench.meters.allocator import alloc_call
+    from bench.meters.memory import module_bytes, optimizer_state_bytes
+    from bench.meters.nvml import nvml_columns
+
+    model = run.model
+    row["operator_bytes"] = module_bytes(run.task.operator)
     row["params"] = run.params
     row["param_bytes"] = _bytes(model.parameters())
-    row["grad_bytes"] = _bytes(params)
-
+    row["grad_bytes"] = _bytes(p for p in model.parameters() if p.requires_grad)
     kept: list[int] = []  # what the warm-up steps leave alive (tracker), beside the allocator view
-    warm = alloc_call(lambda: kept.append(run.warm_up(spec.warmup_steps)), device)
+    warm = alloc_call(lambda: kept.append(run.warm_up(spec.warmup_steps)), run.device)
     row["warmup_kept_bytes"] = kept[0]
     row["buffer_bytes"] = _bytes(model.buffers())
     row["optimizer_bytes"] = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
@@ -281,24 +290,39 @@ def _execute(
         leaked_bytes=mem.leaked_bytes,
         steady_steps=mem.steady_steps,
     )
-    row.update(nvml_columns(device))  # the driver's view after the measured steps (None off CUDA)
+    row.update(nvml_columns(run.device))  # the driver's view after the measured steps (None off CUDA)
+    return warm, mem
+
+
+def _check_budget(
+    spec: RunSpec,
+    run: PreparedRun,
+    row: dict[str, Any],
+    build: Any,
+    warm: Any,
+    mem: Any,
+    memory_budget_bytes: int | None,
+) -> None:
+    """The memory estimate's columns; BudgetExceeded when it is over `memory_budget_bytes`."""
+    from bench.meters.allocator import alloc_step_peak
+    from bench.meters.memory import optimizer_state_bytes
+
     def score_one_batch() -> None:
         try:
-            evaluate(model, task, spec.batch_size, max_batches=1)
+            evaluate(run.model, run.task, spec.batch_size, max_batches=1)
         except Diverged:
             pass  # only its memory is wanted here: the reconstruction is judged after training
 
-    eval_bytes = alloc_step_peak(score_one_batch, device)
+    eval_bytes = alloc_step_peak(score_one_batch, run.device)
     optimizer_bytes = optimizer_state_bytes(run.optimizer) if run.optimizer is not None else 0
-    on_cpu = device.type == "cpu"
     step_peak_bytes = max(mem.alloc_peak_bytes or 0, eval_bytes)
     estimate = MemoryEstimate(
         setup_peak_bytes=max(build.peak_bytes, build.end_bytes + warm.peak_bytes),
         # with warmup_steps = 0 the optimiser state is made by the measured steps, after the window
         resident_bytes=build.end_bytes + max(warm.end_bytes, optimizer_bytes) + (mem.leaked_bytes or 0),
         step_bytes=math.ceil(step_peak_bytes * step_factor(spec, run.last_stats())),
-        batch_bytes=_training_bytes(spec, run, copies_best=on_cpu),
-        overhead_bytes=CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0,
+        batch_bytes=_training_bytes(spec, run, copies_best=run.device.type == "cpu"),
+        overhead_bytes=CUDA_OVERHEAD_BYTES if run.device.type == "cuda" else 0,
     )
     row.update(
         estimated_bytes=estimate.estimated_bytes,
@@ -310,14 +334,28 @@ def _execute(
             f"would not fit: estimated {estimate.estimated_bytes} bytes > budget {memory_budget_bytes}"
             f" bytes ({estimate.describe()})"
         )
+
+
+def _time(spec: RunSpec, run: PreparedRun, row: dict[str, Any]) -> None:
+    """Step times (median, IQR) of ``timed_steps`` warm steps, and the last step's solver columns."""
+    from bench.meters.timing import time_steps
+
     if spec.timed_steps > 0:
-        times = time_steps(run.step, n_warmup=0, n_steps=spec.timed_steps, device=device)
+        times = time_steps(run.step, n_warmup=0, n_steps=spec.timed_steps, device=run.device)
         row["step_ms_median"] = times.median_ms
         row["step_ms_iqr"] = times.iqr_ms
     row.update(_summary(run.last_stats()))
 
-    trained = False
-    if spec.steps > 0 and params:
+
+def _train_and_evaluate(
+    spec: RunSpec, run: PreparedRun, row: dict[str, Any], init_state: dict[str, Any], curve: list[CurvePoint]
+) -> None:
+    """Train from the initial state (``steps > 0``), then score the test split (trained models and
+    models without parameters); solver columns then come from the evaluation."""
+    model, task = run.model, run.task
+    has_params = any(p.requires_grad for p in model.parameters())
+    trained = None
+    if spec.steps > 0 and has_params:
         run.optimizer = None
         model.load_state_dict(init_state)  # back to the initialisation: measurement steps do not count
         cfg = TrainConfig(
@@ -331,25 +369,21 @@ def _execute(
             min_delta_db=spec.min_delta_db,
             lr_schedule=spec.lr_schedule,
         )
-        result = train(model, task, cfg)
-        curve.extend(result.curve)
+        trained = train(model, task, cfg)
+        curve.extend(trained.curve)
         row.update(
-            train_s=result.train_s,
-            steps_run=result.steps_run,
-            best_step=result.best_step,
-            stopped_by=result.stopped_by,
-            val_psnr_db=result.val_psnr_db,
+            train_s=trained.train_s,
+            steps_run=trained.steps_run,
+            best_step=trained.best_step,
+            stopped_by=trained.stopped_by,
+            val_psnr_db=trained.val_psnr_db,
         )
-        trained = True
-    if trained or not params:
+    if trained is not None or not has_params:
         ev = evaluate(model, task, spec.batch_size)
-        row["psnr_db"] = ev["psnr_db"]
-        row["ssim"] = ev["ssim"]
-        bwd = row["bwd_iters_mean"]
-        if trained:
-            bwd = _summary(result.last_stats)["bwd_iters_mean"]
+        bwd = row["bwd_iters_mean"] if trained is None else _summary(trained.last_stats)["bwd_iters_mean"]
+        row.update(psnr_db=ev["psnr_db"], ssim=ev["ssim"])
         row.update({k: ev[k] for k in SOLVER_COLUMNS})
-        row["bwd_iters_mean"] = bwd
+        row["bwd_iters_mean"] = bwd  # evaluation has no backward: the last training step's
 
 
 def run_spec(spec: RunSpec, *, memory_budget_bytes: int | None = None) -> dict[str, Any]:
