@@ -54,11 +54,12 @@ def _run_one_add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_one_main(args: argparse.Namespace) -> int:
-    from bench.harness.children import die_with_parent, write_child_result
+    from bench.harness.children import die_with_parent, log_progress_to_stdout, write_child_result
     from bench.harness.run import run_with_curve
     from bench.harness.specs import spec_from_json
 
     die_with_parent()
+    log_progress_to_stdout()
     row, curve = run_with_curve(spec_from_json(args.spec_json), memory_budget_bytes=args.memory_budget)
     write_child_result(Path(args.row_out), row, curve)  # atomic: the parent sees a whole row or none
     return 0

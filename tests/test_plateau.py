@@ -210,3 +210,21 @@ def test_killed_and_resumed_sweep_has_every_curve_row_exactly_once(tmp_path: Pat
     assert set(keys) == expected  # nothing lost, the partial curve replaced
     assert all(r["train_loss"] != "9.0" for r in rows)
     assert sorted(r["run_id"] for r in read_rows(csv)) == sorted(s.run_id for s in specs)
+
+
+@pytest.mark.parametrize("start", ["forkserver", "subprocess"])
+def test_a_runs_log_shows_its_training_progress(tmp_path: Path, start: str) -> None:
+    sweep = tmp_path / "progress.toml"
+    sweep.write_text(
+        '[sweep]\nname = "p"\n[defaults]\ntask = "deblur"\nmodel = "lu"\nn_iters = 1\nreg_depth = 2\n'
+        "reg_width = 4\nimage_size = 16\nbatch_size = 2\nn_train = 4\nn_test = 2\nn_val = 2\n"
+        'warmup_steps = 0\ntimed_steps = 0\ndevice = "cpu"\ncpu_threads = 1\nval_every = 10\nsteps = 30\n'
+    )
+    (spec,) = load_sweep(sweep).specs
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(sweep), "--out", str(out), "--quiet", "--start", start]) == 0
+    log = (out / "logs" / f"{spec.run_id}.log").read_text()
+    (curve,) = [[r for r in read_curves(out / "curves.csv") if r["run_id"] == spec.run_id]]
+    for row in curve:  # one progress line per curve point, with its validation PSNR
+        assert f"step {row['step']} of 30: mean training loss" in log
+        assert f"validation PSNR {float(row['val_psnr_db']):.2f} dB" in log

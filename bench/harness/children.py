@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -114,6 +115,11 @@ def write_child_result(row_path: Path, row: Mapping[str, Any], curve: Sequence[A
             sys.exit(ROW_WRITE_FAILED)
 
 
+def log_progress_to_stdout() -> None:
+    """Send the harness's INFO lines (training progress) to this process's stdout: a run's log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
+
+
 def _child_main(
     spec_json: str, row_path: str, log_path: str, memory_budget_bytes: int | None, env: dict[str, str]
 ) -> None:
@@ -127,6 +133,7 @@ def _child_main(
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update(env)  # before anything touches CUDA (CUDA_VISIBLE_DEVICES)
+    log_progress_to_stdout()
     from bench.harness.run import run_with_curve
     from bench.harness.specs import spec_from_json
 

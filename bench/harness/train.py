@@ -32,6 +32,7 @@ status ``diverged``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +44,9 @@ from torch import Tensor, nn
 
 from bench.data import seeds
 from bench.meters.timing import synchronize
+
+#: Progress of a training run, one line per curve point (a sweep's run writes it to its log).
+log = logging.getLogger(__name__)
 
 #: Loss of a reconstruction against its target, ``mean |x_hat - x|^2``.
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -298,6 +302,10 @@ def train(
         synchronize(device)
         mean_loss = sum(losses[since:]) / len(losses[since:])
         curve.append(CurvePoint(step, mean_loss, val_db, time.perf_counter() - t0, lr))
+        log.info(
+            "step %d of %d: mean training loss %.4g, validation PSNR %.2f dB, %.0f s",
+            step, cfg.steps, mean_loss, val_db, curve[-1].elapsed_s,
+        )  # fmt: skip
         since = len(losses)
         if stop:
             stopped_by = "plateau"
