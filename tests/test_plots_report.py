@@ -388,3 +388,17 @@ def test_ratio_and_selection_use_the_allocator_peak_with_the_tracked_ratio_besid
     verdict = _section(report.render_report(with_alloc, []), "## Verdict")
     deblur_line = next(line for line in verdict.splitlines() if line.startswith("| deblur |"))
     assert f"| {comp.ratio:.2f}x | {compare.ALLOC_METER} | {comp.tracked_ratio:.2f}x |" in deblur_line
+
+
+def test_config_labels_tell_apart_the_switches_that_change_the_network() -> None:
+    from bench.analysis.runtable import config_label
+
+    def row(model: str, extra: str, **kw: object) -> dict[str, object]:
+        return {"model": model, "reg_depth": 17, "backward": "ift", "model_extra": extra, **kw}
+
+    plain = config_label(row("lu", '{"x0": "classical"}'))
+    normed = config_label(row("lu", '{"norm": true, "x0": "classical"}'))
+    assert (plain, normed) == ("LU D=17", "LU D=17 + GroupNorm")
+    feature = row("luser", '{"cell": "feature", "spectral_norm": true}', reg_depth=2)
+    assert config_label(feature) == "LUSER feature 2-layer ift + spectral norm"
+    assert config_label(row("luser", '{"spectral_norm": false}', reg_depth=2)) == "LUSER 2-layer ift"

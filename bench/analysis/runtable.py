@@ -72,13 +72,21 @@ CONFIG_LABELS: dict[str, Callable[[Mapping[str, Any]], str]] = {
 }
 
 
+#: Model config switches (keys of ``model_extra``) that change the network, and their names in labels:
+#: a run with one of them on is another configuration (``"LU D=17 + GroupNorm"``).
+FLAG_LABELS: dict[str, str] = {"norm": "GroupNorm", "spectral_norm": "spectral norm", "tied": "tied"}
+
+
 def config_label(row: Mapping[str, Any]) -> str:
-    """A reader-facing name of a run's model configuration, e.g. ``"LUSER 2-layer ift"``, ``"LU D=17"``.
+    """A reader-facing name of a run's model configuration, e.g. ``"LUSER 2-layer ift"``, ``"LU D=17"``,
+    ``"LU D=17 + GroupNorm"``.
 
     The name leaves out K, batch, image size and solver settings, which the figures show separately.
     """
     label = CONFIG_LABELS.get(str(row["model"]))
-    return label(row) if label else f"{row['model']} D={int_text(row['reg_depth'])}"
+    name = label(row) if label else f"{row['model']} D={int_text(row['reg_depth'])}"
+    extra = model_extra(row)
+    return name + "".join(f" + {text}" for key, text in FLAG_LABELS.items() if extra.get(key) is True)
 
 
 def load_runs(dir_or_csv: str | Path) -> pd.DataFrame:
