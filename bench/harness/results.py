@@ -165,14 +165,18 @@ def _upgrade_header(path: Path, columns: Sequence[str], optional: Sequence[str])
     """Rewrite `path` under the upgraded header (caller holds the lock); a no-op when none is needed."""
     if not optional or not path.exists() or path.stat().st_size == 0:
         return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        target = upgraded_header(_header(fd), columns, optional)  # the first line only: every append
+    finally:
+        os.close(fd)
+    if target is None:
+        return
     text = path.read_bytes().decode("utf-8", errors="strict")
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a torn last line: repaired on append anyway
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
-    target = upgraded_header(header, columns, optional)
-    if target is None:
-        return
     lines = [",".join(target) + "\n"]
     for fields in reader:
         if len(fields) > len(header):

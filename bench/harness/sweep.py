@@ -15,8 +15,9 @@ bare number is bytes; KB/MB/GB/TB are powers of 10, KiB/MiB/GiB/TiB powers of 2 
 dead fork server, 2 bad input (sweep file, size, option, --out) with nothing written, 130 / 143
 interrupted by SIGINT / SIGTERM.
 
-`--dry-run` writes nothing: it lists each run (run id, done/todo, its settings) as the expansion
-produces it, then `N runs in sweep NAME: D already done, T to run`; an invalid run stops it with exit
+`--dry-run` writes nothing: it prints how many runs the grids describe (read off the file, before any
+run is built), lists each run (run id, done/todo, its settings) as the expansion produces it, then
+`N runs in sweep NAME: D already done, T to run`; an invalid run stops it with exit
 2 after the lines before it, and a reader that closes its stdout early (`| head`) with exit 1.
 """
 
